@@ -1,0 +1,158 @@
+//! One virtual CPU: register plumbing and `KVM_RUN` with exit decoding.
+
+use kvm_bindings::{
+    CpuId, Msrs, kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_translation,
+};
+use kvm_ioctls::VcpuFd;
+
+use crate::exit::{SystemEvent, internal_error};
+use crate::{Error, InternalError, Result, VcpuExit};
+
+/// A vCPU. Owned by the thread that runs it.
+#[derive(Debug)]
+pub struct Vcpu {
+    fd: VcpuFd,
+    id: u64,
+}
+
+impl Vcpu {
+    pub(crate) fn new(fd: VcpuFd, id: u64) -> Self {
+        Self { fd, id }
+    }
+
+    /// The vCPU's index (and initial APIC id).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Runs the guest until it exits to userspace, and decodes why.
+    ///
+    /// A signal or `immediate_exit` gives [`VcpuExit::Interrupted`], not an error.
+    pub fn run(&mut self) -> Result<VcpuExit<'_>> {
+        use kvm_ioctls::VcpuExit as K;
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                return Ok(VcpuExit::Interrupted);
+            }
+            Err(e) => return Err(Error::ioctl("KVM_RUN")(e)),
+        };
+        Ok(match exit {
+            K::IoIn(port, data) => VcpuExit::IoIn { port, data },
+            K::IoOut(port, data) => VcpuExit::IoOut { port, data },
+            K::MmioRead(addr, data) => VcpuExit::MmioRead { addr, data },
+            K::MmioWrite(addr, data) => VcpuExit::MmioWrite { addr, data },
+            K::Hlt => VcpuExit::Hlt,
+            K::Shutdown => VcpuExit::Shutdown,
+            K::SystemEvent(kind, _) => VcpuExit::SystemEvent(SystemEvent::from(kind)),
+            K::InternalError => VcpuExit::InternalError,
+            K::FailEntry(reason, _) => VcpuExit::FailEntry { reason },
+            K::Intr => VcpuExit::Interrupted,
+            K::Exception => VcpuExit::Other("exception"),
+            K::Debug(_) => VcpuExit::Other("debug"),
+            K::IrqWindowOpen => VcpuExit::Other("irq window open"),
+            K::IoapicEoi(_) => VcpuExit::Other("ioapic eoi"),
+            K::X86Rdmsr(_) => VcpuExit::Other("rdmsr"),
+            K::X86Wrmsr(_) => VcpuExit::Other("wrmsr"),
+            K::Hypercall(_) => VcpuExit::Other("hypercall"),
+            K::MemoryFault { .. } => VcpuExit::Other("memory fault"),
+            _ => VcpuExit::Other("unknown"),
+        })
+    }
+
+    /// Details of the last [`VcpuExit::InternalError`].
+    pub fn internal_error(&mut self) -> InternalError {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: reading a plain-data union member of the kvm_run page; every bit pattern is a valid
+        // `internal` struct, and KVM filled it for the KVM_EXIT_INTERNAL_ERROR exit just seen.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        internal_error(internal.suberror, internal.ndata, &internal.data)
+    }
+
+    /// Sets `kvm_run.immediate_exit`: while set, `KVM_RUN` returns at once with EINTR.
+    pub fn set_immediate_exit(&mut self, on: bool) {
+        self.fd.set_kvm_immediate_exit(u8::from(on));
+    }
+
+    /// General-purpose registers.
+    pub fn regs(&self) -> Result<kvm_regs> {
+        self.fd.get_regs().map_err(Error::ioctl("KVM_GET_REGS"))
+    }
+
+    /// Sets the general-purpose registers.
+    pub fn set_regs(&self, regs: &kvm_regs) -> Result<()> {
+        self.fd.set_regs(regs).map_err(Error::ioctl("KVM_SET_REGS"))
+    }
+
+    /// Special registers (segments, control registers, EFER, descriptor tables).
+    pub fn sregs(&self) -> Result<kvm_sregs> {
+        self.fd.get_sregs().map_err(Error::ioctl("KVM_GET_SREGS"))
+    }
+
+    /// Sets the special registers.
+    pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<()> {
+        self.fd
+            .set_sregs(sregs)
+            .map_err(Error::ioctl("KVM_SET_SREGS"))
+    }
+
+    /// Sets the x87/SSE state.
+    pub fn set_fpu(&self, fpu: &kvm_fpu) -> Result<()> {
+        self.fd.set_fpu(fpu).map_err(Error::ioctl("KVM_SET_FPU"))
+    }
+
+    /// Sets the CPUID table the guest sees.
+    pub fn set_cpuid(&self, cpuid: &CpuId) -> Result<()> {
+        self.fd
+            .set_cpuid2(cpuid)
+            .map_err(Error::ioctl("KVM_SET_CPUID2"))
+    }
+
+    /// Writes MSRs; fails unless KVM accepted every one.
+    pub fn set_msrs(&self, entries: &[kvm_msr_entry]) -> Result<()> {
+        let msrs = Msrs::from_entries(entries).map_err(|_| Error::Ioctl {
+            op: "KVM_SET_MSRS",
+            source: kvm_ioctls::Error::new(libc::E2BIG),
+        })?;
+        let written = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(Error::ioctl("KVM_SET_MSRS"))?;
+        if written != entries.len() {
+            let failed = entries.get(written).map_or(0, |e| e.index);
+            return Err(Error::Ioctl {
+                op: if failed == 0 {
+                    "KVM_SET_MSRS"
+                } else {
+                    "KVM_SET_MSRS (an MSR was refused)"
+                },
+                source: kvm_ioctls::Error::new(libc::EINVAL),
+            });
+        }
+        Ok(())
+    }
+
+    /// The local APIC's register page.
+    pub fn lapic(&self) -> Result<kvm_lapic_state> {
+        self.fd.get_lapic().map_err(Error::ioctl("KVM_GET_LAPIC"))
+    }
+
+    /// Sets the local APIC's register page.
+    pub fn set_lapic(&self, lapic: &kvm_lapic_state) -> Result<()> {
+        self.fd
+            .set_lapic(lapic)
+            .map_err(Error::ioctl("KVM_SET_LAPIC"))
+    }
+
+    /// Translates a guest-virtual address through the guest's current page tables.
+    pub fn translate(&self, gva: u64) -> Result<kvm_translation> {
+        self.fd
+            .translate_gva(gva)
+            .map_err(Error::ioctl("KVM_TRANSLATE"))
+    }
+
+    /// The raw kvm-ioctls handle, for what this crate does not wrap yet.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+}

@@ -1,0 +1,113 @@
+//! A KVM virtual machine: memory slots, the in-kernel irqchip and PIT, irqfds, vCPUs.
+
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use kvm_ioctls::VmFd;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::{Error, Result, Vcpu};
+
+/// Guest-physical address of the three pages KVM needs for the TSS on Intel hosts; it sits in the
+/// 32-bit MMIO hole just below the IOAPIC/LAPIC, where no RAM is.
+const TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// A VM with its in-kernel interrupt controllers, and the guest memory registered with it.
+#[derive(Debug)]
+pub struct Vm {
+    fd: VmFd,
+    max_vcpus: usize,
+    max_slots: usize,
+    /// Keeps every registered mapping alive as long as KVM may access it.
+    memory: Vec<GuestMemoryMmap>,
+    next_slot: u32,
+}
+
+impl Vm {
+    pub(crate) fn new(fd: VmFd, max_vcpus: usize, max_slots: usize) -> Result<Self> {
+        fd.set_tss_address(TSS_ADDRESS)
+            .map_err(Error::ioctl("KVM_SET_TSS_ADDR"))?;
+        fd.create_irq_chip()
+            .map_err(Error::ioctl("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            // The dummy speaker port (0x61) keeps the guest's PIT speaker checks away from userspace.
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit)
+            .map_err(Error::ioctl("KVM_CREATE_PIT2"))?;
+        Ok(Self {
+            fd,
+            max_vcpus,
+            max_slots,
+            memory: Vec::new(),
+            next_slot: 0,
+        })
+    }
+
+    /// Registers every region of `memory` as a KVM memory slot. The VM keeps a handle on the mappings so
+    /// they outlive every use KVM makes of them.
+    pub fn add_guest_memory(&mut self, memory: &GuestMemoryMmap) -> Result<()> {
+        for region in memory.iter() {
+            if self.next_slot as usize >= self.max_slots {
+                return Err(Error::TooManySlots(self.max_slots));
+            }
+            let host = region
+                .get_host_address(MemoryRegionAddress(0))
+                .map_err(|_| Error::TooManySlots(self.max_slots))?;
+            let slot = kvm_userspace_memory_region {
+                slot: self.next_slot,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: `host` is the start of a live mapping of `region.len()` bytes owned by `memory`;
+            // a clone of `memory` (which shares the mappings) is kept in `self.memory` below, so the
+            // mapping stays valid for as long as this VM, and so KVM, exists.
+            unsafe { self.fd.set_user_memory_region(slot) }
+                .map_err(Error::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+            self.next_slot += 1;
+        }
+        self.memory.push(memory.clone());
+        Ok(())
+    }
+
+    /// Makes every write to `event` raise interrupt line `gsi` (edge) in the in-kernel irqchip.
+    pub fn register_irqfd(&self, event: &EventFd, gsi: u32) -> Result<()> {
+        self.fd
+            .register_irqfd(event, gsi)
+            .map_err(Error::ioctl("KVM_IRQFD"))
+    }
+
+    /// Sets interrupt line `gsi` to `level` (`KVM_IRQ_LINE`).
+    pub fn set_irq_line(&self, gsi: u32, level: bool) -> Result<()> {
+        self.fd
+            .set_irq_line(gsi, level)
+            .map_err(Error::ioctl("KVM_IRQ_LINE"))
+    }
+
+    /// The largest number of vCPUs this VM may have.
+    pub fn max_vcpus(&self) -> usize {
+        self.max_vcpus
+    }
+
+    /// Creates the vCPU with APIC id `id`.
+    pub fn create_vcpu(&self, id: u64) -> Result<Vcpu> {
+        if id as usize >= self.max_vcpus {
+            return Err(Error::VcpuId {
+                id,
+                max: self.max_vcpus,
+            });
+        }
+        let fd = self
+            .fd
+            .create_vcpu(id)
+            .map_err(Error::ioctl("KVM_CREATE_VCPU"))?;
+        Ok(Vcpu::new(fd, id))
+    }
+
+    /// The raw kvm-ioctls handle, for what this crate does not wrap yet.
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+}

@@ -1,0 +1,132 @@
+//! Helpers for kvmkit's end-to-end tests: tiny hand-assembled guests run through kvmkit's real VM,
+//! buses, devices and vCPU loop, and the test guest that tools/guest builds.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use kvmkit::Outcome;
+use kvmkit::run::{Input, run};
+use kvmkit::vm::{Vm, VmConfig};
+use machine::kernel::EntryKind;
+use vm_memory::{Bytes, GuestAddress};
+
+/// Where tiny guests' code is loaded.
+pub const CODE_ADDR: u64 = 0x1000;
+
+/// A byte buffer shared between a guest's serial console and the test.
+#[derive(Clone, Default)]
+pub struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Capture {
+    /// Everything written so far.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The CPU mode a tiny guest starts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// 16-bit real mode, CS base 0.
+    Real,
+    /// 64-bit long mode with the first 4 GiB identity-mapped (kvmkit's Linux boot setup).
+    Long,
+}
+
+/// A tiny guest: a VM with 32 MiB of RAM, kvmkit's legacy devices, one vCPU at [`CODE_ADDR`].
+pub struct TinyGuest {
+    /// The VM, for adding devices before [`TinyGuest::run`].
+    pub vm: Vm,
+    /// What the guest wrote to COM1.
+    pub serial: Capture,
+}
+
+impl TinyGuest {
+    /// Loads `code` at [`CODE_ADDR`] and `data` (if any) at `data_addr`, and points vCPU 0 at the code.
+    pub fn new(mode: Mode, code: &[u8], data: Option<(u64, &[u8])>) -> Self {
+        let serial = Capture::default();
+        let vm = Vm::new(VmConfig {
+            memory: 32 << 20,
+            cpus: 1,
+            serial_out: Box::new(serial.clone()),
+        })
+        .expect("create VM (is /dev/kvm usable?)");
+        let mem = vm.ram().memory();
+        mem.write_slice(code, GuestAddress(CODE_ADDR))
+            .expect("write code");
+        if let Some((addr, bytes)) = data {
+            mem.write_slice(bytes, GuestAddress(addr))
+                .expect("write data");
+        }
+        let vcpu = vm.vcpu(0).expect("vCPU 0");
+        match mode {
+            Mode::Real => {
+                let mut sregs = vcpu.sregs().expect("get sregs");
+                sregs.cs.base = 0;
+                sregs.cs.selector = 0;
+                vcpu.set_sregs(&sregs).expect("set sregs");
+                let mut regs = vcpu.regs().expect("get regs");
+                regs.rip = CODE_ADDR;
+                regs.rflags = 2;
+                vcpu.set_regs(&regs).expect("set regs");
+            }
+            Mode::Long => {
+                machine::cpu::setup_boot_cpu(vcpu, mem, EntryKind::Linux64, CODE_ADDR, 0)
+                    .expect("long mode setup");
+            }
+        }
+        Self { vm, serial }
+    }
+
+    /// Runs the guest until the VM ends.
+    pub fn run(self) -> (Outcome, Vec<u8>) {
+        let outcome = run(self.vm, Input::None).expect("run VM");
+        (outcome, self.serial.bytes())
+    }
+}
+
+/// Real-mode code that writes the NUL-terminated string at `0x1100` to COM1, then pulses the i8042
+/// reset line, then spins.
+pub const PRINT_AND_RESET: &[u8] = &[
+    0xbe, 0x00, 0x11, //       mov si, 0x1100
+    0xba, 0xf8, 0x03, //       mov dx, 0x3f8
+    0xac, //             loop: lodsb
+    0x84, 0xc0, //             test al, al
+    0x74, 0x03, //             jz done
+    0xee, //                   out dx, al
+    0xeb, 0xf8, //             jmp loop
+    0xb0, 0xfe, //       done: mov al, 0xfe
+    0xe6, 0x64, //             out 0x64, al
+    0xeb, 0xfe, //             jmp $
+];
+
+/// The directory with the test guest (vmlinux, bzImage, initramfs.cpio, cmdline.txt):
+/// `$KVMKIT_GUEST_DIR`, or `target/guest` in the workspace, where tools/guest/build.sh puts it.
+pub fn guest_dir() -> PathBuf {
+    let dir = std::env::var_os("KVMKIT_GUEST_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guest"),
+        PathBuf::from,
+    );
+    for f in ["vmlinux", "bzImage", "initramfs.cpio", "cmdline.txt"] {
+        assert!(
+            dir.join(f).is_file(),
+            "{} is missing: build the test guest first with tools/guest/build.sh",
+            dir.join(f).display()
+        );
+    }
+    dir
+}

@@ -1,0 +1,141 @@
+//! The kvmkit command line: bad flags, bad sizes and unusable kernel or initramfs files give one
+//! line on stderr and exit code 2; --help and --version exit 0.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn kvmkit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kvmkit-e2e"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kvmkit")
+}
+
+/// Asserts exit code 2 and exactly one line on stderr containing `needle`.
+fn assert_bad_input(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line expected: {stderr}");
+    assert!(stderr.starts_with("kvmkit: error: "), "{stderr}");
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+}
+
+fn scratch(name: &str, contents: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kvmkit-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn help_and_version() {
+    let help = kvmkit(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--kernel",
+        "--initramfs",
+        "--cmdline",
+        "--memory",
+        "--cpus",
+        "--serial",
+    ] {
+        assert!(text.contains(flag), "--help lacks {flag}");
+    }
+    let version = kvmkit(&["--version"]);
+    assert_eq!(version.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn bad_flags_and_values() {
+    assert_bad_input(&kvmkit(&[]), "--kernel");
+    assert_bad_input(&kvmkit(&["--kernel", "k", "--frobnicate"]), "--frobnicate");
+    assert_bad_input(
+        &kvmkit(&["--kernel", "k", "--memory", "lots"]),
+        "invalid memory size 'lots'",
+    );
+    assert_bad_input(
+        &kvmkit(&["--kernel", "k", "--cpus", "0"]),
+        "invalid --cpus '0'",
+    );
+    assert_bad_input(
+        &kvmkit(&["--kernel", "k", "--serial", "tcp:1"]),
+        "invalid --serial",
+    );
+    assert_bad_input(&kvmkit(&["--kernel", "k", "--memory"]), "--memory");
+}
+
+#[test]
+fn memory_too_small_or_too_large() {
+    let k = scratch("small-k", b"x");
+    assert_bad_input(&kvmkit(&["--kernel", s(&k), "--memory", "1M"]), "too small");
+    assert_bad_input(
+        &kvmkit(&["--kernel", s(&k), "--memory", "900T"]),
+        "more than the host's",
+    );
+    assert_bad_input(
+        &kvmkit(&["--kernel", s(&k), "--memory", "1000001"]),
+        "multiple of 4 KiB",
+    );
+}
+
+#[test]
+fn missing_directory_and_malformed_kernels() {
+    assert_bad_input(
+        &kvmkit(&["--kernel", "/nonexistent/vmlinux"]),
+        "cannot read kernel /nonexistent/vmlinux",
+    );
+    let dir = std::env::temp_dir();
+    assert_bad_input(
+        &kvmkit(&["--kernel", s(&dir)]),
+        "neither an ELF vmlinux nor a bzImage",
+    );
+    let empty = scratch("empty", b"");
+    assert_bad_input(
+        &kvmkit(&["--kernel", s(&empty)]),
+        "neither an ELF vmlinux nor a bzImage",
+    );
+    let junk = scratch("junk", &[0x5a; 4096]);
+    assert_bad_input(
+        &kvmkit(&["--kernel", s(&junk)]),
+        "neither an ELF vmlinux nor a bzImage",
+    );
+    // ELF magic, then garbage: linux-loader rejects the header.
+    let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
+    elf.resize(4096, 0xee);
+    let bad_elf = scratch("bad.elf", &elf);
+    assert_bad_input(&kvmkit(&["--kernel", s(&bad_elf)]), "cannot load kernel");
+    // A bzImage header whose protocol fields are nonsense.
+    let mut bz = vec![0u8; 8192];
+    bz[0x1fe] = 0x55;
+    bz[0x1ff] = 0xaa;
+    bz[0x202..0x206].copy_from_slice(b"HdrS");
+    let bad_bz = scratch("bad.bz", &bz);
+    assert_bad_input(&kvmkit(&["--kernel", s(&bad_bz)]), "cannot load kernel");
+}
+
+#[test]
+fn initramfs_missing_or_larger_than_ram() {
+    let guest = kvmkit_integration_tests::guest_dir();
+    let kernel = guest.join("vmlinux");
+    let k = s(&kernel);
+    assert_bad_input(
+        &kvmkit(&["--kernel", k, "--initramfs", "/nonexistent/initrd"]),
+        "cannot read initramfs /nonexistent/initrd",
+    );
+    let big = std::env::temp_dir().join(format!("kvmkit-big-initrd-{}", std::process::id()));
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(64 << 20).unwrap(); // sparse: costs no disk
+    let out = kvmkit(&["--kernel", k, "--initramfs", s(&big), "--memory", "48M"]);
+    std::fs::remove_file(&big).unwrap();
+    assert_bad_input(&out, "does not fit in guest memory");
+}

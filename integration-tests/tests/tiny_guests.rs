@@ -1,0 +1,133 @@
+//! Tiny hand-assembled guests, a few bytes each, run through kvmkit's VM, buses, legacy devices and
+//! vCPU loop: the PIO and MMIO paths, the UART, the RTC, the i8042 reset, and fatal exits.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::sync::{Arc, Mutex};
+
+use bus::BusDevice;
+use kvmkit::Outcome;
+use kvmkit_integration_tests::{CODE_ADDR, Mode, PRINT_AND_RESET, TinyGuest};
+
+#[test]
+fn real_mode_guest_prints_through_com1_and_resets_through_i8042() {
+    let guest = TinyGuest::new(
+        Mode::Real,
+        PRINT_AND_RESET,
+        Some((0x1100, b"Hi from real mode\n\0")),
+    );
+    let (outcome, out) = guest.run();
+    assert_eq!(String::from_utf8_lossy(&out), "Hi from real mode\n");
+    assert_eq!(outcome, Outcome::Reset);
+    assert_eq!(outcome.exit_code(), 0);
+}
+
+#[test]
+fn pio_reads_reach_the_rtc_and_unclaimed_ports_read_all_ones() {
+    let code = [
+        0xb0, 0x0d, //       mov al, 0x0d      ; RTC register D
+        0xe6, 0x70, //       out 0x70, al
+        0xe4, 0x71, //       in al, 0x71       ; 0x80: valid RAM and time
+        0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xee, //             out dx, al
+        0xba, 0x00, 0x05, // mov dx, 0x500     ; no device here
+        0xec, //             in al, dx         ; 0xff
+        0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xee, //             out dx, al
+        0xb0, 0xfe, //       mov al, 0xfe
+        0xe6, 0x64, //       out 0x64, al      ; i8042: pulse reset
+        0xeb, 0xfe, //       jmp $
+    ];
+    let (outcome, out) = TinyGuest::new(Mode::Real, &code, None).run();
+    assert_eq!(out, vec![0x80, 0xff]);
+    assert_eq!(outcome, Outcome::Reset);
+}
+
+/// An MMIO device that records writes and answers reads at offset 4 with "OK".
+#[derive(Default)]
+struct Scratch {
+    writes: Vec<(u64, Vec<u8>)>,
+}
+
+impl BusDevice for Scratch {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if offset == 4 && data.len() >= 2 {
+            data[..2].copy_from_slice(b"OK");
+        }
+    }
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        self.writes.push((offset, data.to_vec()));
+    }
+}
+
+#[test]
+fn long_mode_guest_drives_the_mmio_bus() {
+    let code = [
+        0xb8, 0x00, 0x00, 0x00, 0xd0, //       mov eax, 0xd0000000
+        0xc7, 0x00, 0x78, 0x56, 0x34, 0x12, // mov dword [rax], 0x12345678
+        0x8b, 0x58, 0x04, //                   mov ebx, [rax+4]
+        0x66, 0xba, 0xf8, 0x03, //             mov dx, 0x3f8
+        0x88, 0xd8, //                         mov al, bl
+        0xee, //                               out dx, al
+        0xc1, 0xeb, 0x08, //                   shr ebx, 8
+        0x88, 0xd8, //                         mov al, bl
+        0xee, //                               out dx, al
+        0xb0, 0xfe, //                         mov al, 0xfe
+        0xe6, 0x64, //                         out 0x64, al
+        0xeb, 0xfe, //                         jmp $
+    ];
+    let mut guest = TinyGuest::new(Mode::Long, &code, None);
+    let dev = Arc::new(Mutex::new(Scratch::default()));
+    guest
+        .vm
+        .mmio_bus_mut()
+        .insert(dev.clone(), 0xd000_0000, 0x1000)
+        .unwrap();
+    let (outcome, out) = guest.run();
+    assert_eq!(
+        dev.lock().unwrap().writes,
+        vec![(0, vec![0x78, 0x56, 0x34, 0x12])]
+    );
+    assert_eq!(out, b"OK");
+    assert_eq!(outcome, Outcome::Reset);
+}
+
+#[test]
+fn ud2_with_no_usable_idt_is_a_triple_fault_with_its_rip() {
+    let (outcome, _) = TinyGuest::new(Mode::Long, &[0x0f, 0x0b], None).run();
+    match outcome {
+        Outcome::TripleFault { vcpu: 0, rip } => assert_eq!(rip, CODE_ADDR),
+        other => panic!("expected a triple fault, got {other}"),
+    }
+    assert_eq!(
+        Outcome::TripleFault {
+            vcpu: 0,
+            rip: CODE_ADDR
+        }
+        .exit_code(),
+        1
+    );
+}
+
+#[test]
+fn a_kernel_panic_on_the_console_makes_the_reset_a_crash() {
+    let text = b"[ 1.0] Kernel panic - not syncing: test\n\0";
+    let (outcome, out) = TinyGuest::new(Mode::Real, PRINT_AND_RESET, Some((0x1100, text))).run();
+    assert!(out.starts_with(b"[ 1.0] Kernel panic"));
+    assert_eq!(outcome, Outcome::GuestPanic);
+    assert_eq!(outcome.exit_code(), 1);
+}
+
+#[test]
+fn guest_writes_to_every_uart_register_are_survived() {
+    // Write 0xff to all 8 UART registers (including LCR with DLAB, MCR loopback), then reset.
+    let mut code = vec![0xb0, 0xff]; // mov al, 0xff
+    for port in 0x3f8u16..0x400 {
+        let [lo, hi] = port.to_le_bytes();
+        code.extend_from_slice(&[0xba, lo, hi, 0xee]); // mov dx, port ; out dx, al
+    }
+    code.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe]);
+    let (outcome, _) = TinyGuest::new(Mode::Real, &code, None).run();
+    assert_eq!(outcome, Outcome::Reset);
+}

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Builds kvmkit's test guest from Debian packages only, and caches it.
+#
+#   tools/guest/build.sh [--out DIR] [--install-deps]
+#
+# Produces in DIR (default: <repo>/target/guest):
+#   vmlinux          uncompressed ELF kernel (booted through its PVH entry note)
+#   bzImage          the same kernel in the x86 boot-protocol format
+#   initramfs.cpio   uncompressed cpio: /init (a static program), /dev/console
+#   cmdline.txt      the kernel command line this kernel needs on this project's machines
+#
+# The kernel is Debian's linux-source-6.1, `make tinyconfig` + kernel.config + the patches in patches/
+# (each inert unless its boot flag is on the command line). Results are cached under
+# ${KVMKIT_CACHE:-$HOME/.cache/kvmkit}/guest/<hash of the inputs>, so a second run takes seconds.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+out="$repo/target/guest"
+install_deps=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) out=$2; shift 2 ;;
+    --install-deps) install_deps=1; shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "build.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+pkgs=(linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils)
+if [ "$install_deps" = 1 ]; then
+  missing=()
+  for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "guest: installing ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+fi
+src_tar=$(ls /usr/src/linux-source-6.1.tar.xz 2>/dev/null || true)
+if [ -z "$src_tar" ]; then
+  echo "guest: /usr/src/linux-source-6.1.tar.xz is missing: apt-get install linux-source-6.1 (or pass --install-deps)" >&2
+  exit 1
+fi
+src_version=$(dpkg-query -W -f='${Version}' linux-source-6.1)
+
+key=$( { echo "$src_version"; cat "$here/build.sh" "$here/kernel.config" "$here/init.c" "$here"/patches/*.patch; } \
+       | sha256sum | cut -c1-16)
+cache="${KVMKIT_CACHE:-$HOME/.cache/kvmkit}/guest/$key"
+
+if [ ! -f "$cache/done" ]; then
+  echo "guest: building kernel $src_version (cache $cache); about 8 minutes on 2 cores" >&2
+  work=$(mktemp -d "${TMPDIR:-/tmp}/kvmkit-guest.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  tar -xf "$src_tar" -C "$work"
+  ksrc=$(echo "$work"/linux-source-6.1)
+  for p in "$here"/patches/*.patch; do
+    patch -s -p1 -d "$ksrc" < "$p"
+  done
+  make -s -C "$ksrc" tinyconfig >/dev/null
+  cat "$here/kernel.config" >> "$ksrc/.config"
+  make -s -C "$ksrc" olddefconfig >/dev/null 2>&1
+  # Every option the fragment asks for must really be there (Kconfig drops what lacks a dependency).
+  bad=0
+  while IFS= read -r line; do
+    case "$line" in
+      CONFIG_*=*) grep -qx "$line" "$ksrc/.config" || { echo "guest: $line did not stick" >&2; bad=1; } ;;
+      "# CONFIG_"*" is not set") opt=${line#\# }; opt=${opt%% *}
+        if grep -q "^$opt=" "$ksrc/.config"; then echo "guest: $opt is still set" >&2; bad=1; fi ;;
+    esac
+  done < "$here/kernel.config"
+  [ "$bad" = 0 ] || exit 1
+  make -s -C "$ksrc" -j"$(nproc)" vmlinux bzImage
+  # The initramfs: /init and a console node. gen_init_cpio needs no root and no mknod.
+  gcc -Os -static -nostdlib -ffreestanding -fno-stack-protector -fno-pie -no-pie \
+      -Wall -Werror -o "$work/init" "$here/init.c"
+  strip "$work/init"
+  cat > "$work/initramfs.list" <<LIST
+dir /dev 0755 0 0
+nod /dev/console 0600 0 0 c 5 1
+dir /proc 0755 0 0
+dir /sys 0755 0 0
+file /init $work/init 0755 0 0
+LIST
+  make -s -C "$ksrc" usr/gen_init_cpio >/dev/null 2>&1 || true
+  "$ksrc/usr/gen_init_cpio" "$work/initramfs.list" > "$work/initramfs.cpio"
+  mkdir -p "$cache.tmp"
+  cp "$ksrc/vmlinux" "$ksrc/arch/x86/boot/bzImage" "$work/initramfs.cpio" "$cache.tmp/"
+  cp "$ksrc/.config" "$cache.tmp/config"
+  echo "$src_version" > "$cache.tmp/version"
+  rm -rf "$cache"
+  mv "$cache.tmp" "$cache"
+  touch "$cache/done"
+fi
+
+mkdir -p "$out"
+for f in vmlinux bzImage initramfs.cpio config version; do
+  cp "$cache/$f" "$out/$f"
+done
+cp "$here/cmdline.txt" "$out/cmdline.txt"
+echo "guest: ready in $out (vmlinux, bzImage, initramfs.cpio, cmdline.txt)" >&2

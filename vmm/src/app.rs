@@ -1,0 +1,111 @@
+//! What the `kvmkit` binary does: parse the command line, build the VM, boot it, and return the
+//! exit code for what happened. `main.rs` only calls [`main`].
+
+use std::fs::OpenOptions;
+use std::io::Write;
+
+use crate::cli::{self, Action};
+use crate::config::{SerialMode, VmConfig};
+use crate::outcome::{EXIT_BAD_INPUT, EXIT_GUEST_ERROR};
+use crate::run::{self, Input};
+use crate::terminal::RawModeGuard;
+use crate::vm::{self, Vm};
+
+/// Runs kvmkit with `args` (program name first) and returns the process exit code.
+pub fn main<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    match cli::parse(args) {
+        Ok(Action::Print(text)) => {
+            print!("{text}");
+            0
+        }
+        Ok(Action::Run(config)) => boot(config),
+        Err(e) => fail(EXIT_BAD_INPUT, &e),
+    }
+}
+
+fn fail(code: i32, e: &dyn std::fmt::Display) -> i32 {
+    eprintln!("kvmkit: error: {e}");
+    code
+}
+
+/// The exit code for an error building the VM: bad input files and sizes are the user's (2), the
+/// rest (KVM, the host) are 1.
+fn build_error_code(e: &vm::Error) -> i32 {
+    use machine::Error as M;
+    use memory::Error as R;
+    match e {
+        vm::Error::Memory(R::TooSmall(_) | R::TooLarge(_) | R::Unaligned(_)) => EXIT_BAD_INPUT,
+        vm::Error::Machine(
+            M::Open { .. }
+            | M::KernelFormat(_)
+            | M::KernelLoad { .. }
+            | M::InitramfsTooLarge { .. }
+            | M::Cmdline(_),
+        ) => EXIT_BAD_INPUT,
+        _ => EXIT_GUEST_ERROR,
+    }
+}
+
+fn host_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
+}
+
+fn boot(config: VmConfig) -> i32 {
+    if let Some(host) = host_memory()
+        && config.memory > host
+    {
+        return fail(
+            EXIT_BAD_INPUT,
+            &crate::config::Error::MoreThanHost(config.memory, host),
+        );
+    }
+    let serial_out: Box<dyn Write + Send> = match &config.serial {
+        SerialMode::Stdio => Box::new(std::io::stdout()),
+        SerialMode::Off => Box::new(std::io::sink()),
+        SerialMode::File(path) => match OpenOptions::new().create(true).append(true).open(path) {
+            Ok(f) => Box::new(f),
+            Err(e) => {
+                return fail(
+                    EXIT_BAD_INPUT,
+                    &format_args!("cannot open serial output {}: {e}", path.display()),
+                );
+            }
+        },
+    };
+    let mut vm = match Vm::new(vm::VmConfig {
+        memory: config.memory,
+        cpus: config.cpus,
+        serial_out,
+    }) {
+        Ok(vm) => vm,
+        Err(e) => return fail(build_error_code(&e), &e),
+    };
+    let spec = machine::BootSpec {
+        kernel: &config.kernel,
+        initramfs: config.initramfs.as_deref(),
+        cmdline: &config.cmdline,
+    };
+    if let Err(e) = vm.load_linux(&spec) {
+        return fail(build_error_code(&e), &e);
+    }
+    let (input, raw) = match config.serial {
+        SerialMode::Stdio => (Input::Stdin, RawModeGuard::new()),
+        _ => (Input::None, None),
+    };
+    let outcome = run::run(vm, input);
+    drop(raw);
+    match outcome {
+        Ok(outcome) => {
+            eprintln!("kvmkit: {outcome}");
+            outcome.exit_code()
+        }
+        Err(e) => fail(EXIT_GUEST_ERROR, &e),
+    }
+}

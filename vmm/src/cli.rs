@@ -1,0 +1,196 @@
+//! The command line, in Cloud Hypervisor's shape: `--kernel`, `--initramfs`, `--cmdline`, `--memory`,
+//! `--cpus`, `--serial`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Arg, ArgAction, Command};
+
+use crate::config::{self, DEFAULT_CMDLINE, SerialMode, VmConfig};
+
+/// The largest `--cpus` accepted (the limit of the xAPIC ids the MP table can name).
+pub const MAX_CPUS: u32 = 254;
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub enum Action {
+    /// Boot a VM.
+    Run(VmConfig),
+    /// Print this text (help or version) to stdout and exit 0.
+    Print(String),
+}
+
+/// Errors from the command line: one line each, exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// clap's own parse error (unknown flag, missing value...), first line only.
+    #[error("{0}")]
+    Usage(String),
+    /// A value that parsed but is not valid.
+    #[error(transparent)]
+    Config(#[from] config::Error),
+}
+
+fn command() -> Command {
+    Command::new("kvmkit")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Boot a Linux microVM on KVM")
+        .after_help(
+            "Exit status: 0 when the guest reboots or powers off; 1 when it crashes (triple fault, \
+             KVM internal error, kernel panic); 2 for bad arguments or unusable input files.\n\
+             Serial console on stdio: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.",
+        )
+        .arg(
+            Arg::new("kernel")
+                .long("kernel")
+                .value_name("PATH")
+                .required(true)
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("Kernel image: uncompressed ELF vmlinux (PVH) or bzImage"),
+        )
+        .arg(
+            Arg::new("initramfs")
+                .long("initramfs")
+                .value_name("PATH")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("Initramfs loaded at the top of low memory"),
+        )
+        .arg(
+            Arg::new("cmdline")
+                .long("cmdline")
+                .value_name("STR")
+                .default_value(DEFAULT_CMDLINE)
+                .help("Kernel command line"),
+        )
+        .arg(
+            Arg::new("memory")
+                .long("memory")
+                .value_name("SIZE")
+                .default_value("256M")
+                .help("Guest RAM, e.g. 256M or 2G"),
+        )
+        .arg(
+            Arg::new("cpus")
+                .long("cpus")
+                .value_name("N")
+                .default_value("1")
+                .help("Number of vCPUs"),
+        )
+        .arg(
+            Arg::new("serial")
+                .long("serial")
+                .value_name("MODE")
+                .default_value("stdio")
+                .help("Serial console: stdio, file=PATH or off"),
+        )
+        .disable_version_flag(true)
+        .arg(
+            Arg::new("version")
+                .long("version")
+                .short('V')
+                .action(ArgAction::Version)
+                .help("Print version"),
+        )
+}
+
+/// Parses `args` (including the program name).
+pub fn parse<I, T>(args: I) -> Result<Action, Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let m = match command().try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    Ok(Action::Print(e.render().to_string()))
+                }
+                _ => {
+                    // clap's message runs to the first blank line; the usage and hint follow.
+                    let text = e.render().to_string();
+                    let message: Vec<&str> = text
+                        .lines()
+                        .take_while(|l| !l.trim().is_empty())
+                        .map(str::trim)
+                        .collect();
+                    Err(Error::Usage(
+                        message.join(" ").trim_start_matches("error: ").to_owned(),
+                    ))
+                }
+            };
+        }
+    };
+    let get = |name: &str| m.get_one::<String>(name).cloned().unwrap_or_default();
+    let config = VmConfig {
+        kernel: m.get_one::<PathBuf>("kernel").cloned().unwrap_or_default(),
+        initramfs: m.get_one::<PathBuf>("initramfs").cloned(),
+        cmdline: get("cmdline"),
+        memory: config::parse_size(&get("memory"))?,
+        cpus: config::parse_cpus(&get("cpus"), MAX_CPUS)?,
+        serial: get("serial").parse::<SerialMode>()?,
+    };
+    Ok(Action::Run(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<VmConfig, Error> {
+        match parse(std::iter::once("kvmkit").chain(args.iter().copied()))? {
+            Action::Run(c) => Ok(c),
+            Action::Print(p) => panic!("unexpected print: {p}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        let c = run(&["--kernel", "vmlinux"]).unwrap();
+        assert_eq!(c.memory, 256 << 20);
+        assert_eq!(c.cpus, 1);
+        assert_eq!(c.serial, SerialMode::Stdio);
+        assert_eq!(c.cmdline, DEFAULT_CMDLINE);
+        let c = run(&[
+            "--kernel",
+            "k",
+            "--memory",
+            "1G",
+            "--serial",
+            "off",
+            "--cmdline",
+            "x=1",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.memory, c.serial, c.cmdline.as_str()),
+            (1 << 30, SerialMode::Off, "x=1")
+        );
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        for args in [
+            &["--kernel", "k", "--bogus"][..],
+            &[][..],
+            &["--kernel", "k", "--memory", "lots"][..],
+            &["--kernel", "k", "--cpus", "0"][..],
+            &["--kernel", "k", "--serial", "tcp"][..],
+        ] {
+            let e = run(args).unwrap_err().to_string();
+            assert!(!e.contains('\n') && !e.is_empty(), "{args:?}: {e}");
+        }
+        assert!(run(&[]).unwrap_err().to_string().contains("--kernel"));
+    }
+
+    #[test]
+    fn help_and_version_print() {
+        for flag in ["--help", "--version"] {
+            match parse(["kvmkit", flag]).unwrap() {
+                Action::Print(text) => assert!(text.contains("kvmkit")),
+                Action::Run(_) => panic!("{flag} should print"),
+            }
+        }
+    }
+}

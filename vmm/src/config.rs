@@ -1,0 +1,135 @@
+//! What the user asked for, validated: the VM's configuration, independent of how it was given.
+
+use std::path::PathBuf;
+
+/// The default kernel command line: a serial console and a reboot through the i8042.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+/// The default guest memory size.
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
+
+/// Errors in the configuration. Each is reported on one line, and kvmkit exits with code 2.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// A size that does not parse.
+    #[error(
+        "invalid memory size '{0}': expected a number with an optional K, M, G or T suffix, e.g. 256M"
+    )]
+    Size(String),
+    /// A vCPU count that does not parse or is out of range.
+    #[error("invalid --cpus '{0}': expected a number of vCPUs from 1 to {1}")]
+    Cpus(String, u32),
+    /// A `--serial` value that is not `stdio`, `off` or `file=PATH`.
+    #[error("invalid --serial '{0}': expected stdio, off or file=PATH")]
+    Serial(String),
+    /// Guest memory larger than the host's.
+    #[error("guest memory {req} MiB is more than the host's {host} MiB", req = .0 >> 20, host = .1 >> 20)]
+    MoreThanHost(u64, u64),
+}
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialMode {
+    /// Output to stdout, input from stdin (raw mode when stdin is a terminal).
+    Stdio,
+    /// Output appended to a file; no input.
+    File(PathBuf),
+    /// No output (the UART still exists for the guest).
+    Off,
+}
+
+impl std::str::FromStr for SerialMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "stdio" => Ok(Self::Stdio),
+            "off" | "null" => Ok(Self::Off),
+            _ => match s.strip_prefix("file=") {
+                Some(path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+                _ => Err(Error::Serial(s.to_owned())),
+            },
+        }
+    }
+}
+
+/// A VM to boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Kernel image: ELF vmlinux or bzImage.
+    pub kernel: PathBuf,
+    /// Optional initramfs.
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// Serial console.
+    pub serial: SerialMode,
+}
+
+/// Parses a size like `256M`, `1G`, `512MiB`, `4096K` or a plain byte count (binary units).
+///
+/// ```
+/// use kvmkit::config::parse_size;
+/// assert_eq!(parse_size("256M").unwrap(), 256 << 20);
+/// assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+/// assert!(parse_size("12X").is_err());
+/// ```
+pub fn parse_size(s: &str) -> Result<u64, Error> {
+    let err = || Error::Size(s.to_owned());
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 30),
+        Some('T' | 't') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| err())?;
+    n.checked_mul(1u64 << shift).ok_or_else(err)
+}
+
+/// Parses a vCPU count in `1..=max`.
+pub fn parse_cpus(s: &str, max: u32) -> Result<u32, Error> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(Error::Cpus(s.to_owned(), max)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert_eq!(parse_size("1T").unwrap(), 1 << 40);
+        assert_eq!(parse_size("3MB").unwrap(), 3 << 20);
+        for bad in ["", "M", "-1M", "1.5G", "99999999999999999999", "16777216T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cpus_and_serial() {
+        assert_eq!(parse_cpus("4", 254).unwrap(), 4);
+        assert!(parse_cpus("0", 254).is_err());
+        assert!(parse_cpus("255", 254).is_err());
+        assert!(parse_cpus("two", 254).is_err());
+        assert_eq!("stdio".parse::<SerialMode>().unwrap(), SerialMode::Stdio);
+        assert_eq!(
+            "file=/tmp/x".parse::<SerialMode>().unwrap(),
+            SerialMode::File("/tmp/x".into())
+        );
+        assert!("file=".parse::<SerialMode>().is_err());
+        assert!("tcp".parse::<SerialMode>().is_err());
+    }
+}

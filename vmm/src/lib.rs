@@ -1,0 +1,18 @@
+//! kvmkit, the virtual machine monitor: the thin layer that turns a configuration into a running VM.
+//!
+//! The sequence is config -> memory -> machine -> devices -> vCPU threads:
+//! [`vm::Vm::new`] builds KVM's VM, guest RAM and the legacy devices; [`vm::Vm::load_linux`] loads a
+//! kernel and sets up the vCPUs; [`run::run`] starts one thread per vCPU and waits for the VM to end.
+//! [`cli`] and [`config`] turn the command line into that sequence's inputs.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod console;
+pub mod outcome;
+pub mod run;
+pub mod terminal;
+pub mod vcpu;
+pub mod vm;
+
+pub use outcome::Outcome;

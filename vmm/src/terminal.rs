@@ -1,0 +1,67 @@
+//! Raw mode for the host terminal while the guest owns the console, restored on every way out:
+//! normal return, error, panic (a hook) and fatal signals (a handler).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use vmm_sys_util::terminal::Terminal;
+
+/// Set while stdin is in raw mode, so the panic hook and signal handlers know to restore it.
+static RAW: AtomicBool = AtomicBool::new(false);
+
+/// Puts the controlling terminal on stdin back into canonical mode, if kvmkit put it in raw mode.
+/// Safe to call from a signal handler: it only makes `tcgetattr`/`tcsetattr` calls.
+pub fn restore() {
+    if RAW.swap(false, Ordering::SeqCst) {
+        let _ = std::io::stdin().lock().set_canon_mode();
+    }
+}
+
+/// Raw mode for as long as this guard lives.
+#[derive(Debug)]
+pub struct RawModeGuard(());
+
+impl RawModeGuard {
+    /// Puts stdin in raw mode if it is a terminal; `None` if it is not (nothing to restore then).
+    pub fn new() -> Option<Self> {
+        let stdin = std::io::stdin();
+        let lock = stdin.lock();
+        if !is_tty(0) {
+            return None;
+        }
+        install_restorers();
+        lock.set_raw_mode().ok()?;
+        RAW.store(true, Ordering::SeqCst);
+        Some(Self(()))
+    }
+}
+
+impl Drop for RawModeGuard {
+    fn drop(&mut self) {
+        restore();
+    }
+}
+
+fn is_tty(fd: i32) -> bool {
+    // SAFETY: isatty only inspects the descriptor; any value is acceptable.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+extern "C" fn on_fatal_signal(num: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    restore();
+    // SAFETY: _exit is async-signal-safe and ends the process at once.
+    unsafe { libc::_exit(128 + num) };
+}
+
+fn install_restorers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore();
+            previous(info);
+        }));
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+            let _ = vmm_sys_util::signal::register_signal_handler(sig, on_fatal_signal);
+        }
+    });
+}

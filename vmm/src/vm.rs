@@ -1,0 +1,158 @@
+//! Assembling a VM: KVM, memory, the legacy devices on the buses, vCPUs, and a kernel to boot.
+
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use accel::{EventFd, Kvm, Vcpu};
+use bus::SharedDevice;
+use legacy::{CMOS, COM1, COM1_IRQ, I8042, I8042_COMMAND, I8042_DATA, PortRange, Rtc, Serial};
+use machine::{BootInfo, BootSpec};
+use memory::GuestRam;
+use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+use crate::console::ConsoleOutput;
+use crate::vcpu::Buses;
+
+/// Errors from building a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// KVM refused something.
+    #[error(transparent)]
+    Accel(#[from] accel::Error),
+    /// Guest memory could not be created.
+    #[error(transparent)]
+    Memory(#[from] memory::Error),
+    /// The kernel, initramfs or boot structures could not be loaded.
+    #[error(transparent)]
+    Machine(#[from] machine::Error),
+    /// Two devices claimed the same addresses.
+    #[error("cannot place a device: {0}")]
+    Bus(#[from] bus::Error),
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// What a VM is made of.
+pub struct VmConfig {
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// Where the serial console's output goes.
+    pub serial_out: Box<dyn Write + Send>,
+}
+
+/// A VM ready to run: memory registered, devices on the buses, vCPUs created.
+pub struct Vm {
+    pub(crate) kvm: Kvm,
+    pub(crate) vm: accel::Vm,
+    pub(crate) ram: GuestRam,
+    pub(crate) buses: Buses,
+    pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) serial: Arc<Mutex<Serial>>,
+    pub(crate) reset: EventFd,
+    pub(crate) panicked: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("memory", &self.ram.size())
+            .field("vcpus", &self.vcpus.len())
+            .field("pio", &self.buses.pio)
+            .field("mmio", &self.buses.mmio)
+            .finish()
+    }
+}
+
+fn eventfd() -> Result<EventFd, Error> {
+    EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)
+}
+
+impl Vm {
+    /// Creates the VM: opens KVM, maps and registers RAM, puts COM1, the i8042 and the RTC on the
+    /// port bus, and creates the vCPUs (not yet configured).
+    pub fn new(config: VmConfig) -> Result<Self, Error> {
+        let kvm = Kvm::new()?;
+        let mut vm = kvm.create_vm()?;
+        let ram = GuestRam::new(config.memory)?;
+        vm.add_guest_memory(ram.memory())?;
+
+        let panicked = Arc::new(AtomicBool::new(false));
+        let serial_irq = eventfd()?;
+        vm.register_irqfd(&serial_irq, COM1_IRQ)?;
+        let out = ConsoleOutput::new(config.serial_out, panicked.clone());
+        let serial = Arc::new(Mutex::new(Serial::new(serial_irq, Box::new(out))));
+        let reset = eventfd()?;
+        let i8042: SharedDevice = Arc::new(Mutex::new(I8042::new(
+            reset.try_clone().map_err(Error::EventFd)?,
+        )));
+
+        let mut buses = Buses::default();
+        let mut add = |dev: SharedDevice, at: PortRange| {
+            buses.pio.insert(dev, u64::from(at.base), u64::from(at.len))
+        };
+        add(serial.clone(), COM1)?;
+        add(i8042.clone(), I8042_DATA)?;
+        add(i8042, I8042_COMMAND)?;
+        add(Arc::new(Mutex::new(Rtc::new())), CMOS)?;
+
+        let vcpus = (0..u64::from(config.cpus))
+            .map(|id| vm.create_vcpu(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            kvm,
+            vm,
+            ram,
+            buses,
+            vcpus,
+            serial,
+            reset,
+            panicked,
+        })
+    }
+
+    /// Loads a Linux kernel (and initramfs, command line) and configures every vCPU to boot it:
+    /// CPUID, MSRs and LAPIC for all, entry registers for vCPU 0.
+    pub fn load_linux(&mut self, spec: &BootSpec<'_>) -> Result<BootInfo, Error> {
+        let boot = machine::load(&self.ram, spec)?;
+        let cpus = self.vcpus.len() as u32;
+        for vcpu in &self.vcpus {
+            let bsp = (vcpu.id() == 0).then_some(&boot);
+            machine::configure_vcpu(&self.kvm, vcpu, &self.ram, cpus, bsp)?;
+        }
+        Ok(boot)
+    }
+
+    /// The guest's RAM.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    /// vCPU `i`, to set up registers by hand (tests, custom boot).
+    pub fn vcpu(&self, i: usize) -> Option<&Vcpu> {
+        self.vcpus.get(i)
+    }
+
+    /// The port-I/O bus, to add devices.
+    pub fn pio_bus_mut(&mut self) -> &mut bus::Bus {
+        &mut self.buses.pio
+    }
+
+    /// The MMIO bus, to add devices.
+    pub fn mmio_bus_mut(&mut self) -> &mut bus::Bus {
+        &mut self.buses.mmio
+    }
+
+    /// The KVM VM, for irqfds and other VM-wide setup.
+    pub fn kvm_vm(&self) -> &accel::Vm {
+        &self.vm
+    }
+
+    /// The COM1 UART, to feed it input.
+    pub fn serial(&self) -> &Arc<Mutex<Serial>> {
+        &self.serial
+    }
+}
