@@ -1,1 +1,1 @@
-//! Benchmarks live in benches/.
+#![doc = include_str!("../README.md")]

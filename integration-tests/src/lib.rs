@@ -1,5 +1,4 @@
-//! Helpers for kvmkit's end-to-end tests: tiny hand-assembled guests run through kvmkit's real VM,
-//! buses, devices and vCPU loop, and the test guest that tools/guest builds.
+#![doc = include_str!("../README.md")]
 
 use std::io::Write;
 use std::path::PathBuf;

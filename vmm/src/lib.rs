@@ -1,4 +1,4 @@
-//! kvmkit, the virtual machine monitor: the thin layer that turns a configuration into a running VM.
+#![doc = include_str!("../README.md")]
 //!
 //! The sequence is config -> memory -> machine -> devices -> vCPU threads:
 //! [`vm::Vm::new`] builds KVM's VM, guest RAM and the legacy devices; [`vm::Vm::load_linux`] loads a

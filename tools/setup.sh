@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine for kvmkit: installs the packages the guest build needs, builds
+# kvmkit (release) and the test guest (tools/guest/build.sh, cached after the first run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -e /dev/kvm ]; then
+  echo "setup: /dev/kvm is missing: kvmkit needs KVM (load kvm_intel/kvm_amd, or run on a host with KVM)" >&2
+  exit 1
+fi
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+pkgs=(linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust 1.95 with rustup" >&2; exit 1; }
+
+tools/guest/build.sh
+cargo build --release -p kvmkit
+echo "setup: done. kvmkit is target/release/kvmkit; the test guest is in target/guest/" >&2
