@@ -93,7 +93,12 @@ impl TinyGuest {
 
     /// Runs the guest until the VM ends.
     pub fn run(self) -> (Outcome, Vec<u8>) {
-        let outcome = run(self.vm, Input::None).expect("run VM");
+        self.run_with_input(Input::None)
+    }
+
+    /// Runs the guest with `input` feeding its console, until the VM ends.
+    pub fn run_with_input(self, input: Input) -> (Outcome, Vec<u8>) {
+        let outcome = run(self.vm, input).expect("run VM");
         (outcome, self.serial.bytes())
     }
 }

@@ -3,10 +3,12 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use bus::BusDevice;
 use kvmkit::Outcome;
+use kvmkit::run::Input;
 use kvmkit_integration_tests::{CODE_ADDR, Mode, PRINT_AND_RESET, TinyGuest};
 
 #[test]
@@ -130,4 +132,46 @@ fn guest_writes_to_every_uart_register_are_survived() {
     code.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe]);
     let (outcome, _) = TinyGuest::new(Mode::Real, &code, None).run();
     assert_eq!(outcome, Outcome::Reset);
+}
+
+/// Real mode: echo every byte received on COM1 until a newline, then reset.
+const ECHO_UNTIL_NEWLINE: &[u8] = &[
+    0xba, 0xfd, 0x03, // start: mov dx, 0x3fd   ; LSR
+    0xec, //          wait:  in al, dx
+    0xa8, 0x01, //           test al, 1         ; data ready?
+    0x74, 0xfb, //           jz wait
+    0xba, 0xf8, 0x03, //     mov dx, 0x3f8
+    0xec, //                 in al, dx          ; RBR
+    0xee, //                 out dx, al         ; THR: echo
+    0x3c, 0x0a, //           cmp al, 0x0a
+    0x75, 0xef, //           jne start
+    0xb0, 0xfe, //           mov al, 0xfe
+    0xe6, 0x64, //           out 0x64, al
+    0xeb, 0xfe, //           jmp $
+];
+
+#[test]
+fn console_input_reaches_the_guest_through_the_uart() {
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    // More than the UART's 64-byte FIFO, so the event loop has to hold some back and retry.
+    let text: Vec<u8> = (0..200u32)
+        .map(|i| b'a' + (i % 26) as u8)
+        .chain([b'\n'])
+        .collect();
+    writer.write_all(&text).unwrap();
+    let guest = TinyGuest::new(Mode::Real, ECHO_UNTIL_NEWLINE, None);
+    let (outcome, out) = guest.run_with_input(Input::Fd(reader.into()));
+    assert_eq!(out, text);
+    assert_eq!(outcome, Outcome::Reset);
+}
+
+#[test]
+fn ctrl_a_x_on_the_console_quits() {
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    writer.write_all(b"ab\x01x").unwrap();
+    // The guest echoes "ab" and waits for a newline that never comes; the escape ends the VM.
+    let guest = TinyGuest::new(Mode::Real, ECHO_UNTIL_NEWLINE, None);
+    let (outcome, out) = guest.run_with_input(Input::Fd(reader.into()));
+    assert_eq!(outcome, Outcome::Quit);
+    assert!(b"ab".starts_with(&out), "{out:?}");
 }

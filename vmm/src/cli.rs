@@ -9,7 +9,7 @@ use clap::{Arg, ArgAction, Command};
 use crate::config::{self, DEFAULT_CMDLINE, SerialMode, VmConfig};
 
 /// The largest `--cpus` accepted (the limit of the xAPIC ids the MP table can name).
-pub const MAX_CPUS: u32 = 254;
+pub const MAX_CPUS: u32 = machine::mptable::MAX_CPUS;
 
 /// What the command line asked for.
 #[derive(Debug)]

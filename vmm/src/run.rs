@@ -2,13 +2,14 @@
 //! VM to end (guest reset, a vCPU's fatal exit, the user's quit) while feeding console input.
 
 use std::collections::VecDeque;
-use std::os::fd::AsRawFd;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
-use vmm_sys_util::terminal::Terminal;
 
 use crate::console::EscapeParser;
 use crate::outcome::Outcome;
@@ -33,12 +34,29 @@ const TOKEN_STDIN: u64 = 2;
 const INPUT_RETRY_MS: i32 = 10;
 
 /// Where console input comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Input {
     /// No input: the guest's UART never receives anything.
     None,
     /// The process's stdin, with Ctrl-A x to quit.
     Stdin,
+    /// Any readable descriptor (a pipe, a socket), with Ctrl-A x to quit.
+    Fd(OwnedFd),
+}
+
+impl Input {
+    /// The descriptor to read, if any. A stdin that cannot be duplicated gives no input.
+    fn into_file(self) -> Option<File> {
+        match self {
+            Input::None => None,
+            Input::Stdin => std::io::stdin()
+                .as_fd()
+                .try_clone_to_owned()
+                .ok()
+                .map(File::from),
+            Input::Fd(fd) => Some(File::from(fd)),
+        }
+    }
 }
 
 /// Runs `vm` until it ends and returns why. Every vCPU thread has stopped when this returns.
@@ -62,9 +80,12 @@ pub fn run(vm: Vm, input: Input) -> Result<Outcome, Error> {
     };
     watch(reset.as_raw_fd(), TOKEN_RESET).map_err(Error::EventLoop)?;
     watch(wake.as_raw_fd(), TOKEN_VCPU).map_err(Error::EventLoop)?;
-    // A stdin that epoll cannot watch (a regular file) simply gives no input.
-    if input == Input::Stdin {
-        let _ = watch(0, TOKEN_STDIN);
+    // An input that epoll cannot watch (a regular file) simply gives no input.
+    let mut input = input.into_file();
+    if let Some(f) = &input
+        && watch(f.as_raw_fd(), TOKEN_STDIN).is_err()
+    {
+        input = None;
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -114,11 +135,15 @@ pub fn run(vm: Vm, input: Input) -> Result<Outcome, Error> {
                     }
                 }
                 TOKEN_STDIN => {
+                    let Some(f) = input.as_mut() else { continue };
                     let mut buf = [0u8; 64];
-                    match std::io::stdin().lock().read_raw(&mut buf) {
+                    match f.read(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                         Ok(0) | Err(_) => {
-                            // EOF or a broken stdin: stop watching it, the guest runs on.
-                            let _ = epoll.ctl(ControlOperation::Delete, 0, EpollEvent::default());
+                            // EOF or a broken input: stop watching it, the guest runs on.
+                            let fd = f.as_raw_fd();
+                            let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                            input = None;
                         }
                         Ok(k) => {
                             let input = parser.feed(&buf[..k]);

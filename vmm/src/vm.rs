@@ -117,8 +117,8 @@ impl Vm {
     /// Loads a Linux kernel (and initramfs, command line) and configures every vCPU to boot it:
     /// CPUID, MSRs and LAPIC for all, entry registers for vCPU 0.
     pub fn load_linux(&mut self, spec: &BootSpec<'_>) -> Result<BootInfo, Error> {
-        let boot = machine::load(&self.ram, spec)?;
         let cpus = self.vcpus.len() as u32;
+        let boot = machine::load(&self.ram, spec, cpus)?;
         for vcpu in &self.vcpus {
             let bsp = (vcpu.id() == 0).then_some(&boot);
             machine::configure_vcpu(&self.kvm, vcpu, &self.ram, cpus, bsp)?;

@@ -8,6 +8,7 @@ pub mod gdt;
 pub mod kernel;
 pub mod lapic;
 pub mod layout;
+pub mod mptable;
 pub mod msrs;
 pub mod paging;
 
@@ -91,8 +92,8 @@ pub struct BootInfo {
 }
 
 /// Loads the kernel, initramfs and command line into `ram` and writes the boot structures
-/// (memory map, zero page or PVH start info).
-pub fn load(ram: &GuestRam, spec: &BootSpec<'_>) -> Result<BootInfo> {
+/// (memory map, MP table for `cpus` vCPUs, zero page or PVH start info).
+pub fn load(ram: &GuestRam, spec: &BootSpec<'_>, cpus: u32) -> Result<BootInfo> {
     let cmdline = boot::cmdline(spec.cmdline)?;
     let mem = ram.memory();
     let kernel = kernel::load_kernel(mem, spec.kernel)?;
@@ -109,6 +110,7 @@ pub fn load(ram: &GuestRam, spec: &BootSpec<'_>) -> Result<BootInfo> {
         }
         None => None,
     };
+    mptable::write(mem, cpus)?;
     let map = e820::memory_map(&ram.ranges());
     let boot_info = boot::write_boot_info(mem, &kernel, &cmdline, initramfs, &map)?;
     Ok(BootInfo {
