@@ -46,7 +46,12 @@ pub fn run_loop(vcpu: &mut Vcpu, buses: &Buses, stop: &AtomicBool) -> Option<Out
                 buses.mmio.write(addr, data);
                 continue;
             }
-            Ok(VcpuExit::Interrupted) | Ok(VcpuExit::Other(_)) => continue,
+            Ok(VcpuExit::Interrupted) => continue,
+            // kvmkit asks KVM for no other exits; looping on one would spin forever.
+            Ok(VcpuExit::Other(what)) => Ended::Outcome(Outcome::VcpuError {
+                vcpu: id,
+                error: format!("unexpected KVM exit: {what}"),
+            }),
             Ok(VcpuExit::Hlt) => Ended::Halted,
             Ok(VcpuExit::Shutdown) => Ended::TripleFault,
             Ok(VcpuExit::SystemEvent(SystemEvent::Shutdown)) => Ended::Outcome(Outcome::PowerOff),
