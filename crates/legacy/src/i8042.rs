@@ -6,19 +6,30 @@ use vmm_sys_util::eventfd::EventFd;
 const STATUS_OUTPUT_FULL: u8 = 0x01;
 const STATUS_SYSTEM_FLAG: u8 = 0x04;
 const STATUS_COMMAND: u8 = 0x08;
+/// The keyboard is not inhibited (no "keylock").
+const STATUS_UNLOCKED: u8 = 0x10;
 
 const CMD_READ_CTR: u8 = 0x20;
 const CMD_WRITE_CTR: u8 = 0x60;
 const CMD_SELF_TEST: u8 = 0xaa;
 const CMD_PORT_TEST: u8 = 0xab;
+const CMD_AUX_TEST: u8 = 0xa9;
 const CMD_READ_OUTPUT: u8 = 0xd0;
 const CMD_WRITE_OUTPUT: u8 = 0xd1;
+const CMD_WRITE_KBD_OUTPUT: u8 = 0xd2;
+const CMD_WRITE_AUX_OUTPUT: u8 = 0xd3;
+/// AUX test result: "clock line stuck low", i.e. no auxiliary (mouse) port.
+const AUX_TEST_NO_PORT: u8 = 0x01;
 const CMD_PULSE_RESET: u8 = 0xfe;
 
 /// The i8042 at ports 0x60 (data) and 0x64 (status/command), with no keyboard behind it.
 ///
 /// Writing command `0xFE` (pulse the CPU reset line) to port 0x64 — what Linux's `reboot=k` does —
 /// writes to the reset eventfd; the VMM ends the VM when it sees that.
+///
+/// The controller has no auxiliary (mouse) port and says so at once: the AUX loopback command echoes
+/// its byte without the AUX-data flag and the AUX test reports a stuck clock line, so a guest driver
+/// does not wait for timeouts (about two seconds of emulated polling on software KVM).
 #[derive(Debug)]
 pub struct I8042 {
     reset: EventFd,
@@ -34,7 +45,7 @@ impl I8042 {
     pub fn new(reset: EventFd) -> Self {
         Self {
             reset,
-            status: STATUS_SYSTEM_FLAG,
+            status: STATUS_SYSTEM_FLAG | STATUS_UNLOCKED,
             control: 0,
             output: None,
             pending: None,
@@ -55,9 +66,12 @@ impl I8042 {
         self.status |= STATUS_COMMAND;
         match cmd {
             CMD_READ_CTR => self.push_output(self.control),
-            CMD_WRITE_CTR | CMD_WRITE_OUTPUT => self.pending = Some(cmd),
+            CMD_WRITE_CTR | CMD_WRITE_OUTPUT | CMD_WRITE_KBD_OUTPUT | CMD_WRITE_AUX_OUTPUT => {
+                self.pending = Some(cmd)
+            }
             CMD_SELF_TEST => self.push_output(0x55),
             CMD_PORT_TEST => self.push_output(0x00),
+            CMD_AUX_TEST => self.push_output(AUX_TEST_NO_PORT),
             CMD_READ_OUTPUT => self.push_output(0x01), // reset line deasserted
             CMD_PULSE_RESET => {
                 self.resets += 1;
@@ -72,6 +86,8 @@ impl I8042 {
         self.status &= !STATUS_COMMAND;
         match self.pending.take() {
             Some(CMD_WRITE_CTR) => self.control = byte,
+            // Both echo as keyboard data: there is no AUX port to flag the byte as its own.
+            Some(CMD_WRITE_KBD_OUTPUT | CMD_WRITE_AUX_OUTPUT) => self.push_output(byte),
             Some(CMD_WRITE_OUTPUT) if byte & 1 == 0 => {
                 // Bit 0 of the output port is the CPU reset line, active low.
                 self.command(CMD_PULSE_RESET);
@@ -163,6 +179,24 @@ mod tests {
         d.write(CMD, 0, &[CMD_READ_CTR]);
         assert_eq!(read(&mut d, DATA), 0x47);
         assert!(evt.read().is_err());
+    }
+
+    #[test]
+    fn no_aux_port_is_reported_without_timeouts() {
+        let (mut d, _evt) = dev();
+        assert_ne!(read(&mut d, CMD) & STATUS_UNLOCKED, 0);
+        d.write(CMD, 0, &[CMD_WRITE_AUX_OUTPUT]);
+        d.write(DATA, 0, &[0x5a]);
+        let status = read(&mut d, CMD);
+        assert_eq!(
+            status & STATUS_OUTPUT_FULL,
+            1,
+            "the loopback byte is there at once"
+        );
+        assert_eq!(status & 0x20, 0, "but not flagged as AUX data");
+        assert_eq!(read(&mut d, DATA), 0x5a);
+        d.write(CMD, 0, &[CMD_AUX_TEST]);
+        assert_eq!(read(&mut d, DATA), AUX_TEST_NO_PORT);
     }
 
     #[test]
