@@ -2,7 +2,6 @@
 
 use accel::kvm_bindings::kvm_msr_entry;
 
-const MSR_IA32_TSC: u32 = 0x10;
 const MSR_IA32_SYSENTER_CS: u32 = 0x174;
 const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
 const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
@@ -14,7 +13,8 @@ const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 const MISC_ENABLE_FAST_STRING: u64 = 1;
 
-/// The boot MSRs: SYSENTER/SYSCALL state cleared, TSC at 0, fast strings enabled.
+/// The boot MSRs: SYSENTER/SYSCALL state cleared, fast strings enabled. The TSC is left as KVM set
+/// it at vCPU creation, so all vCPUs of a VM start in sync.
 pub fn boot_msrs() -> Vec<kvm_msr_entry> {
     [
         (MSR_IA32_SYSENTER_CS, 0),
@@ -25,7 +25,6 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
         (MSR_KERNEL_GS_BASE, 0),
         (MSR_SYSCALL_MASK, 0),
         (MSR_LSTAR, 0),
-        (MSR_IA32_TSC, 0),
         (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
     ]
     .into_iter()
