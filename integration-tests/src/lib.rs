@@ -96,6 +96,15 @@ impl TinyGuest {
         self.run_with_input(Input::None)
     }
 
+    /// Starts the guest and returns at once, with its RAM for the test to look at.
+    pub fn start(self) -> (kvmkit::run::RunningVm, memory::GuestRam) {
+        let ram = self.vm.ram().clone();
+        (
+            kvmkit::run::start(self.vm, Input::None).expect("start VM"),
+            ram,
+        )
+    }
+
     /// Runs the guest with `input` feeding its console, until the VM ends.
     pub fn run_with_input(self, input: Input) -> (Outcome, Vec<u8>) {
         let outcome = run(self.vm, input).expect("run VM");

@@ -17,6 +17,13 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    // A panic in kvmkit itself (not the guest) still ends with the terminal restored (the panic hook)
+    // and a documented exit code; the vCPU threads report their own panics as outcomes.
+    std::panic::catch_unwind(|| app(args)).unwrap_or(EXIT_GUEST_ERROR)
+}
+
+fn app(args: Vec<std::ffi::OsString>) -> i32 {
     match cli::parse(args) {
         Ok(Action::Print(text)) => {
             print!("{text}");

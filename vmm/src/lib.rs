@@ -11,6 +11,7 @@ pub mod config;
 pub mod console;
 pub mod outcome;
 pub mod run;
+pub mod signals;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;

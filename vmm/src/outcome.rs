@@ -57,7 +57,11 @@ pub enum Outcome {
         /// Hardware entry-failure reason.
         reason: u64,
     },
-    /// A vCPU ioctl failed.
+    /// The VMM was asked to stop the VM (`RunningVm::stop`).
+    Stopped,
+    /// kvmkit received a stop signal (SIGTERM, SIGINT...).
+    Signal(i32),
+    /// A vCPU ioctl failed, or its thread panicked.
     VcpuError {
         /// vCPU index.
         vcpu: u64,
@@ -70,7 +74,10 @@ impl Outcome {
     /// The process exit code for this outcome.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Reset | Self::PowerOff | Self::Quit | Self::Halted { .. } => EXIT_OK,
+            Self::Reset | Self::PowerOff | Self::Quit | Self::Stopped | Self::Halted { .. } => {
+                EXIT_OK
+            }
+            Self::Signal(sig) => 128 + sig,
             _ => EXIT_GUEST_ERROR,
         }
     }
@@ -100,6 +107,8 @@ impl fmt::Display for Outcome {
                 "KVM could not enter the guest on vCPU {vcpu}: hardware entry failure reason {reason:#x}"
             ),
             Self::VcpuError { vcpu, error } => write!(f, "vCPU {vcpu} failed: {error}"),
+            Self::Signal(sig) => write!(f, "stopped by signal {sig}"),
+            Self::Stopped => write!(f, "VM stopped"),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Raw mode for the host terminal while the guest owns the console, restored on every way out:
-//! normal return, error, panic (a hook) and fatal signals (a handler).
+//! normal return, error, panic (a hook) and stop signals (see [`crate::signals`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -46,12 +46,6 @@ fn is_tty(fd: i32) -> bool {
     unsafe { libc::isatty(fd) == 1 }
 }
 
-extern "C" fn on_fatal_signal(num: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    restore();
-    // SAFETY: _exit is async-signal-safe and ends the process at once.
-    unsafe { libc::_exit(128 + num) };
-}
-
 fn install_restorers() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -60,8 +54,6 @@ fn install_restorers() {
             restore();
             previous(info);
         }));
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
-            let _ = vmm_sys_util::signal::register_signal_handler(sig, on_fatal_signal);
-        }
+        crate::signals::install();
     });
 }

@@ -1,11 +1,13 @@
-//! The vCPU thread: run the guest, hand port and MMIO exits to the buses, report how it ended.
+//! The vCPU threads: run the guest, hand port and MMIO exits to the buses, report how it ended; and
+//! the pause / resume / stop controls over all of them.
 //!
 //! The loop knows no device and no address: every access goes to [`Buses`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use accel::{EventFd, SystemEvent, Vcpu, VcpuExit};
 use bus::Bus;
@@ -21,13 +23,19 @@ pub struct Buses {
     pub mmio: Bus,
 }
 
-/// Runs `vcpu` until the guest does something that ends the VM (the outcome) or `stop` is set
-/// (`None`). Port and MMIO exits are completed through `buses`.
-pub fn run_loop(vcpu: &mut Vcpu, buses: &Buses, stop: &AtomicBool) -> Option<Outcome> {
+/// Runs `vcpu` until the guest does something that ends the VM (the outcome) or `control` asks it to
+/// stop (`None`); parks it while `control` asks for a pause. Port and MMIO exits are completed through
+/// `buses`.
+pub fn run_loop(vcpu: &mut Vcpu, buses: &Buses, control: &Control) -> Option<Outcome> {
     let id = vcpu.id();
     loop {
-        if stop.load(Ordering::Acquire) {
-            return None;
+        match control.request() {
+            Request::Run => {}
+            Request::Pause => {
+                control.park();
+                continue;
+            }
+            Request::Stop => return None,
         }
         let ended = match vcpu.run() {
             Ok(VcpuExit::IoIn { port, data }) => {
@@ -88,14 +96,96 @@ enum Ended {
     InternalError,
 }
 
+/// What the vCPU threads are asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Run the guest.
+    Run,
+    /// Leave `KVM_RUN` and wait.
+    Pause,
+    /// Leave `KVM_RUN` and end the thread.
+    Stop,
+}
+
+/// The request all vCPU threads of a VM follow, and how many of them are parked.
+#[derive(Debug)]
+pub struct Control {
+    request: AtomicU8,
+    parked: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self {
+            request: AtomicU8::new(Request::Run as u8),
+            parked: Mutex::new(0),
+            changed: Condvar::new(),
+        }
+    }
+}
+
+impl Control {
+    /// The current request (one atomic load: the vCPU loop checks it before every `KVM_RUN`).
+    pub fn request(&self) -> Request {
+        match self.request.load(Ordering::Acquire) {
+            0 => Request::Run,
+            1 => Request::Pause,
+            _ => Request::Stop,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, usize> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the request and wakes parked threads to look at it.
+    pub fn set(&self, request: Request) {
+        let _parked = self.lock();
+        self.request.store(request as u8, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    /// Called by a vCPU thread that saw [`Request::Pause`]: counts itself parked and waits until the
+    /// request changes.
+    pub fn park(&self) {
+        let mut parked = self.lock();
+        *parked += 1;
+        self.changed.notify_all();
+        while self.request() == Request::Pause {
+            parked = self.changed.wait(parked).unwrap_or_else(|e| e.into_inner());
+        }
+        *parked -= 1;
+        self.changed.notify_all();
+    }
+
+    /// How many vCPU threads are parked now.
+    pub fn parked(&self) -> usize {
+        *self.lock()
+    }
+
+    /// Waits up to `timeout` for the parked count to change; returns the count.
+    fn wait_parked(&self, timeout: Duration) -> usize {
+        let parked = self.lock();
+        let (parked, _) = self
+            .changed
+            .wait_timeout(parked, timeout)
+            .unwrap_or_else(|e| e.into_inner());
+        *parked
+    }
+}
+
 /// The signal that kicks a vCPU thread out of `KVM_RUN`.
 pub fn kick_signal() -> i32 {
     vmm_sys_util::signal::SIGRTMIN()
 }
 
-extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    accel::kick_current_thread();
+}
 
-/// Installs the (empty) handler for [`kick_signal`]: its only job is to make `KVM_RUN` return EINTR.
+/// Installs the handler for [`kick_signal`]: it sets `immediate_exit` of the vCPU the signalled thread
+/// runs, so `KVM_RUN` returns whether the signal came during or just before it.
 pub fn install_kick_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -104,43 +194,111 @@ pub fn install_kick_handler() {
     });
 }
 
-/// A running vCPU thread.
+/// How often a kick is repeated while waiting for vCPU threads to answer it. One kick is enough with
+/// `immediate_exit`; the repeat covers a kick that lands between the thread's check of the request
+/// and its clearing of `immediate_exit`.
+const KICK_RETRY: Duration = Duration::from_millis(10);
+
+/// The vCPU threads of a running VM.
 #[derive(Debug)]
-pub struct VcpuThread {
-    handle: JoinHandle<()>,
+pub struct VcpuGroup {
+    control: Arc<Control>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
-impl VcpuThread {
-    /// Starts `vcpu` on a thread named `kvmkit-vcpu-N`. Its outcome (if it ends the VM) is sent on
-    /// `outcomes`, and `wake` is written so the event loop notices.
+impl VcpuGroup {
+    /// Starts each vCPU on a thread named `kvmkit-vcpu-N`. A vCPU whose guest ends the VM sends the
+    /// outcome on `outcomes` and writes `wake`; a thread that panics reports that as its outcome.
     pub fn spawn(
-        mut vcpu: Vcpu,
+        vcpus: Vec<Vcpu>,
         buses: Arc<Buses>,
-        stop: Arc<AtomicBool>,
         outcomes: Sender<Outcome>,
-        wake: EventFd,
+        wake: &EventFd,
     ) -> std::io::Result<Self> {
         install_kick_handler();
-        let handle = std::thread::Builder::new()
-            .name(format!("kvmkit-vcpu-{}", vcpu.id()))
-            .spawn(move || {
-                if let Some(outcome) = run_loop(&mut vcpu, &buses, &stop) {
-                    let _ = outcomes.send(outcome);
-                    let _ = wake.write(1);
+        let control = Arc::new(Control::default());
+        let group = Self {
+            control: control.clone(),
+            threads: Mutex::new(Vec::new()),
+        };
+        for mut vcpu in vcpus {
+            let (buses, control, outcomes) = (buses.clone(), control.clone(), outcomes.clone());
+            let wake = wake.try_clone()?;
+            let id = vcpu.id();
+            let spawned = std::thread::Builder::new()
+                .name(format!("kvmkit-vcpu-{id}"))
+                .spawn(move || {
+                    let kick = vcpu.bind_kick();
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run_loop(&mut vcpu, &buses, &control)
+                    }));
+                    drop(kick);
+                    let outcome = match ran {
+                        Ok(outcome) => outcome,
+                        Err(_) => Some(Outcome::VcpuError {
+                            vcpu: id,
+                            error: "the vCPU thread panicked".into(),
+                        }),
+                    };
+                    if let Some(outcome) = outcome {
+                        let _ = outcomes.send(outcome);
+                        let _ = wake.write(1);
+                    }
+                });
+            match spawned {
+                Ok(handle) => group.lock().push(handle),
+                Err(e) => {
+                    group.stop();
+                    return Err(e);
                 }
-            })?;
-        Ok(Self { handle })
+            }
+        }
+        Ok(group)
     }
 
-    /// Waits for the thread to leave `KVM_RUN` and end, kicking it with [`kick_signal`] until it
-    /// does (a kick can arrive just before it enters `KVM_RUN`, so one is not enough). `stop` must
-    /// already be set.
-    pub fn stop(self) {
+    fn lock(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.threads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn kick_all(&self) {
         use vmm_sys_util::signal::Killable;
-        while !self.handle.is_finished() {
-            let _ = self.handle.kill(kick_signal());
-            std::thread::sleep(std::time::Duration::from_millis(5));
+        for t in self.lock().iter().filter(|t| !t.is_finished()) {
+            let _ = t.kill(kick_signal());
         }
-        let _ = self.handle.join();
+    }
+
+    fn running(&self) -> usize {
+        self.lock().iter().filter(|t| !t.is_finished()).count()
+    }
+
+    /// Pauses every vCPU: returns once each running vCPU thread has left `KVM_RUN` and parked.
+    pub fn pause(&self) {
+        self.control.set(Request::Pause);
+        self.kick_all();
+        while self.control.parked() < self.running() {
+            if self.control.wait_parked(KICK_RETRY) < self.running() {
+                self.kick_all();
+            }
+        }
+    }
+
+    /// Lets paused vCPUs run the guest again.
+    pub fn resume(&self) {
+        self.control.set(Request::Run);
+    }
+
+    /// Stops every vCPU thread and joins it. Idempotent.
+    pub fn stop(&self) {
+        self.control.set(Request::Stop);
+        loop {
+            self.kick_all();
+            if self.running() == 0 {
+                break;
+            }
+            std::thread::sleep(KICK_RETRY);
+        }
+        for t in self.lock().drain(..) {
+            let _ = t.join();
+        }
     }
 }

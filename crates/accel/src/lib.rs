@@ -1,11 +1,13 @@
 #![doc = include_str!("../README.md")]
 
 mod exit;
+mod kick;
 mod kvm;
 mod vcpu;
 mod vm;
 
 pub use exit::{InternalError, SystemEvent, VcpuExit};
+pub use kick::{KickBinding, kick_current_thread};
 pub use kvm::{Kvm, REQUIRED_CAPS};
 pub use vcpu::Vcpu;
 pub use vm::Vm;

@@ -1,9 +1,12 @@
 //! One virtual CPU: register plumbing and `KVM_RUN` with exit decoding.
 
+use std::sync::{Arc, Mutex};
+
 use kvm_bindings::{
     CpuId, Msrs, kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_translation,
 };
 use kvm_ioctls::VcpuFd;
+use vm_memory::GuestMemoryMmap;
 
 use crate::exit::{SystemEvent, internal_error};
 use crate::{Error, InternalError, Result, VcpuExit};
@@ -13,11 +16,21 @@ use crate::{Error, InternalError, Result, VcpuExit};
 pub struct Vcpu {
     fd: VcpuFd,
     id: u64,
+    /// The last `KVM_RUN` returned EINTR (maybe through a kick's `immediate_exit`).
+    interrupted: bool,
+    /// The VM's guest memory: the mappings KVM reads and writes while this vCPU runs stay alive as long
+    /// as the vCPU does.
+    _memory: Arc<Mutex<Vec<GuestMemoryMmap>>>,
 }
 
 impl Vcpu {
-    pub(crate) fn new(fd: VcpuFd, id: u64) -> Self {
-        Self { fd, id }
+    pub(crate) fn new(fd: VcpuFd, id: u64, memory: Arc<Mutex<Vec<GuestMemoryMmap>>>) -> Self {
+        Self {
+            fd,
+            id,
+            interrupted: false,
+            _memory: memory,
+        }
     }
 
     /// The vCPU's index (and initial APIC id).
@@ -30,9 +43,15 @@ impl Vcpu {
     /// A signal or `immediate_exit` gives [`VcpuExit::Interrupted`], not an error.
     pub fn run(&mut self) -> Result<VcpuExit<'_>> {
         use kvm_ioctls::VcpuExit as K;
+        if std::mem::take(&mut self.interrupted) {
+            self.fd.set_kvm_immediate_exit(0);
+        }
         let exit = match self.fd.run() {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // A kick may have set immediate_exit: clear it on the next call, after the caller has
+                // looked at why it was kicked.
+                self.interrupted = true;
                 return Ok(VcpuExit::Interrupted);
             }
             Err(e) => return Err(Error::ioctl("KVM_RUN")(e)),
@@ -67,6 +86,14 @@ impl Vcpu {
         // `internal` struct, and KVM filled it for the KVM_EXIT_INTERNAL_ERROR exit just seen.
         let internal = unsafe { run.__bindgen_anon_1.internal };
         internal_error(internal.suberror, internal.ndata, &internal.data)
+    }
+
+    /// Binds this vCPU to the calling thread so that [`kick_current_thread`](crate::kick_current_thread),
+    /// called from a signal handler on this thread, makes `KVM_RUN` return. Keep the binding alive
+    /// for as long as the thread runs this vCPU, and drop it before the vCPU.
+    pub fn bind_kick(&mut self) -> crate::KickBinding {
+        let run = self.fd.get_kvm_run();
+        crate::KickBinding::bind(std::ptr::addr_of_mut!(run.immediate_exit))
     }
 
     /// Sets `kvm_run.immediate_exit`: while set, `KVM_RUN` returns at once with EINTR.

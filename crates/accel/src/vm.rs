@@ -1,6 +1,8 @@
 //! A KVM virtual machine: memory slots, the in-kernel irqchip and PIT, irqfds, vCPUs.
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use std::sync::{Arc, Mutex};
+
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -17,8 +19,9 @@ pub struct Vm {
     fd: VmFd,
     max_vcpus: usize,
     max_slots: usize,
-    /// Keeps every registered mapping alive as long as KVM may access it.
-    memory: Vec<GuestMemoryMmap>,
+    /// Keeps every registered mapping alive as long as KVM may access it: shared with every vCPU, so
+    /// the mappings outlive both this handle and all vCPUs.
+    memory: Arc<Mutex<Vec<GuestMemoryMmap>>>,
     next_slot: u32,
 }
 
@@ -39,7 +42,7 @@ impl Vm {
             fd,
             max_vcpus,
             max_slots,
-            memory: Vec::new(),
+            memory: Arc::new(Mutex::new(Vec::new())),
             next_slot: 0,
         })
     }
@@ -62,13 +65,16 @@ impl Vm {
                 userspace_addr: host as u64,
             };
             // SAFETY: `host` is the start of a live mapping of `region.len()` bytes owned by `memory`;
-            // a clone of `memory` (which shares the mappings) is kept in `self.memory` below, so the
-            // mapping stays valid for as long as this VM, and so KVM, exists.
+            // a clone of `memory` (which shares the mappings) is kept in `self.memory` below, which this
+            // VM and each of its vCPUs hold, so the mapping stays valid while KVM can run guest code.
             unsafe { self.fd.set_user_memory_region(slot) }
                 .map_err(Error::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
             self.next_slot += 1;
         }
-        self.memory.push(memory.clone());
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(memory.clone());
         Ok(())
     }
 
@@ -103,7 +109,7 @@ impl Vm {
             .fd
             .create_vcpu(id)
             .map_err(Error::ioctl("KVM_CREATE_VCPU"))?;
-        Ok(Vcpu::new(fd, id))
+        Ok(Vcpu::new(fd, id, self.memory.clone()))
     }
 
     /// The raw kvm-ioctls handle, for what this crate does not wrap yet.
