@@ -37,7 +37,8 @@ fn command() -> Command {
         .about("Boot a Linux microVM on KVM")
         .after_help(
             "Exit status: 0 when the guest reboots or powers off; 1 when it crashes (triple fault, \
-             KVM internal error, kernel panic); 2 for bad arguments or unusable input files.\n\
+             KVM internal error, kernel panic); 2 for bad arguments or unusable input files; 128+N when \
+             stopped by signal N.\n\
              Serial console on stdio: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.",
         )
         .arg(
