@@ -1,7 +1,9 @@
 //! Boots the tools/guest kernel with kvmkit, as an ELF vmlinux through its PVH entry and as a bzImage
 //! through the 64-bit boot protocol, and checks what the guest printed: the kernel banner, the 8250
 //! UART, the start of init, and the marker line of the init program (guest userspace ran and made
-//! system calls). The init then reboots the guest, so kvmkit exits 0.
+//! system calls): its PID, the kernel's name, the guest's wall-clock time (from the CMOS RTC at boot, kept
+//! since by the guest's clocksource, which must agree with the host's within 2 s) and the CPUs in /proc/cpuinfo. The init
+//! then reboots the guest, so kvmkit exits 0.
 //!
 //! On a software-KVM host each boot takes one to two minutes of emulated guest time.
 
@@ -9,8 +11,28 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-fn boot(kernel: &Path) {
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The value of `key=` in the init's marker line.
+fn field(line: &str, key: &str) -> i64 {
+    let value = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"));
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("bad {key}= in {line:?}"))
+}
+
+fn boot(kernel: &Path, cpus: u32) {
+    let started = now();
     let guest = kvmkit_integration_tests::guest_dir();
     let cmdline = std::fs::read_to_string(guest.join("cmdline.txt")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_kvmkit-e2e"))
@@ -32,7 +54,12 @@ fn boot(kernel: &Path) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let context = format!("--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+    let brought_up = format!(
+        "smp: Brought up 1 node, {cpus} CPU{}",
+        if cpus == 1 { "" } else { "s" }
+    );
     for expected in [
+        brought_up.as_str(),
         "Linux version 6.1",
         "serial8250: ttyS0 at I/O 0x3f8 (irq = 4, base_baud = 115200) is a 16550A",
         "Run /init as init process",
@@ -45,14 +72,30 @@ fn boot(kernel: &Path) {
     }
     assert!(stderr.contains("kvmkit: guest rebooted"), "{context}");
     assert_eq!(out.status.code(), Some(0), "{context}");
+    let marker = stdout
+        .lines()
+        .find(|l| l.starts_with("KVMKIT-INIT-OK"))
+        .unwrap();
+    let guest_time = field(marker, "time");
+    assert!(
+        (started - 2..=now() + 2).contains(&guest_time),
+        "guest time {guest_time} is not the host's ({started}..{}): {marker}",
+        now()
+    );
+    assert_eq!(field(marker, "cpus"), i64::from(cpus), "{marker}");
 }
 
 #[test]
 fn boots_elf_vmlinux_through_pvh_to_init() {
-    boot(&kvmkit_integration_tests::guest_dir().join("vmlinux"));
+    boot(&kvmkit_integration_tests::guest_dir().join("vmlinux"), 1);
 }
 
 #[test]
 fn boots_bzimage_through_the_64bit_protocol_to_init() {
-    boot(&kvmkit_integration_tests::guest_dir().join("bzImage"));
+    boot(&kvmkit_integration_tests::guest_dir().join("bzImage"), 1);
+}
+
+#[test]
+fn boots_two_vcpus_and_guest_userspace_sees_both() {
+    boot(&kvmkit_integration_tests::guest_dir().join("vmlinux"), 2);
 }

@@ -44,7 +44,10 @@ if [ -z "$src_tar" ]; then
 fi
 src_version=$(dpkg-query -W -f='${Version}' linux-source-6.1)
 
-key=$( { echo "$src_version"; cat "$here/build.sh" "$here/kernel.config" "$here/init.c" "$here"/patches/*.patch; } \
+# The kernel's cache key: what goes into the kernel build. Bump the recipe version when the kernel build
+# steps below change; the initramfs is rebuilt on every run (it takes a second).
+kernel_recipe=2
+key=$( { echo "$src_version $kernel_recipe"; cat "$here/kernel.config" "$here"/patches/*.patch; } \
        | sha256sum | cut -c1-16)
 cache="${KVMKIT_CACHE:-$HOME/.cache/kvmkit}/guest/$key"
 
@@ -71,21 +74,9 @@ if [ ! -f "$cache/done" ]; then
   done < "$here/kernel.config"
   [ "$bad" = 0 ] || exit 1
   make -s -C "$ksrc" -j"$(nproc)" vmlinux bzImage
-  # The initramfs: /init and a console node. gen_init_cpio needs no root and no mknod.
-  gcc -Os -static -nostdlib -ffreestanding -fno-stack-protector -fno-pie -no-pie \
-      -Wall -Werror -o "$work/init" "$here/init.c"
-  strip "$work/init"
-  cat > "$work/initramfs.list" <<LIST
-dir /dev 0755 0 0
-nod /dev/console 0600 0 0 c 5 1
-dir /proc 0755 0 0
-dir /sys 0755 0 0
-file /init $work/init 0755 0 0
-LIST
-  make -s -C "$ksrc" usr/gen_init_cpio >/dev/null 2>&1 || true
-  "$ksrc/usr/gen_init_cpio" "$work/initramfs.list" > "$work/initramfs.cpio"
+  make -s -C "$ksrc" usr/gen_init_cpio >/dev/null
   mkdir -p "$cache.tmp"
-  cp "$ksrc/vmlinux" "$ksrc/arch/x86/boot/bzImage" "$work/initramfs.cpio" "$cache.tmp/"
+  cp "$ksrc/vmlinux" "$ksrc/arch/x86/boot/bzImage" "$ksrc/usr/gen_init_cpio" "$cache.tmp/"
   cp "$ksrc/.config" "$cache.tmp/config"
   echo "$src_version" > "$cache.tmp/version"
   rm -rf "$cache"
@@ -93,8 +84,23 @@ LIST
   touch "$cache/done"
 fi
 
+# The initramfs: /init (a static program, no libc) and a console node. gen_init_cpio (from the kernel
+# tree) needs no root and no mknod.
 mkdir -p "$out"
-for f in vmlinux bzImage initramfs.cpio config version; do
+init_work=$(mktemp -d "${TMPDIR:-/tmp}/kvmkit-init.XXXXXX")
+gcc -Os -static -nostdlib -ffreestanding -fno-stack-protector -fno-pie -no-pie \
+    -Wall -Werror -o "$init_work/init" "$here/init.c"
+strip "$init_work/init"
+cat > "$init_work/initramfs.list" <<LIST
+dir /dev 0755 0 0
+nod /dev/console 0600 0 0 c 5 1
+dir /proc 0755 0 0
+dir /sys 0755 0 0
+file /init $init_work/init 0755 0 0
+LIST
+"$cache/gen_init_cpio" "$init_work/initramfs.list" > "$out/initramfs.cpio"
+rm -rf "$init_work"
+for f in vmlinux bzImage config version; do
   cp "$cache/$f" "$out/$f"
 done
 cp "$here/cmdline.txt" "$out/cmdline.txt"

@@ -1,15 +1,19 @@
 /*
  * kvmkit test-guest init: a tiny static program, PID 1 in the initramfs.
  *
- * It proves that guest userspace runs and makes system calls: it asks the kernel for its PID and for
- * uname(2), prints one marker line with both answers on /dev/console, and reboots the guest.
+ * It proves that guest userspace runs and makes system calls: it asks the kernel for its PID, uname(2),
+ * the wall-clock time and (from /proc/cpuinfo) the number of CPUs, prints one marker line with the
+ * answers on /dev/console, and reboots the guest.
  * Built with -nostdlib: no libc, so the initramfs stays a few KB (unpacking is emulated and slow).
  */
+#define SYS_read 0
 #define SYS_write 1
 #define SYS_open 2
 #define SYS_getpid 39
 #define SYS_uname 63
+#define SYS_mount 165
 #define SYS_reboot 169
+#define SYS_time 201
 
 #define LINUX_REBOOT_MAGIC1 0xfee1deadL
 #define LINUX_REBOOT_MAGIC2 672274793L
@@ -32,6 +36,15 @@ static long sys4(long n, long a, long b, long c, long d)
 	long ret;
 	register long r10 __asm__("r10") = d;
 	__asm__ volatile("syscall" : "=a"(ret) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10) : "rcx", "r11", "memory");
+	return ret;
+}
+
+static long sys5(long n, long a, long b, long c, long d, long e)
+{
+	long ret;
+	register long r10 __asm__("r10") = d;
+	register long r8 __asm__("r8") = e;
+	__asm__ volatile("syscall" : "=a"(ret) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8) : "rcx", "r11", "memory");
 	return ret;
 }
 
@@ -70,6 +83,36 @@ static void put_num(long v)
 }
 
 static struct utsname uts;
+static char cpuinfo[65536];
+
+/* Number of "processor" lines in /proc/cpuinfo, or -1. */
+static long count_cpus(void)
+{
+	sys5(SYS_mount, (long)"proc", (long)"/proc", (long)"proc", 0, 0);
+	long fd = sys3(SYS_open, (long)"/proc/cpuinfo", 0 /* O_RDONLY */, 0);
+	if (fd < 0)
+		return -1;
+	unsigned long got = 0;
+	for (;;) {
+		long n = sys3(SYS_read, fd, (long)cpuinfo + got, sizeof(cpuinfo) - 1 - got);
+		if (n <= 0)
+			break;
+		got += n;
+	}
+	cpuinfo[got] = 0;
+	long cpus = 0;
+	const char *key = "processor\t:";
+	for (unsigned long i = 0; i < got; i++) {
+		if (i != 0 && cpuinfo[i - 1] != '\n')
+			continue;
+		unsigned long k = 0;
+		while (key[k] && cpuinfo[i + k] == key[k])
+			k++;
+		if (!key[k])
+			cpus++;
+	}
+	return cpus;
+}
 
 void init_main(void)
 {
@@ -84,6 +127,10 @@ void init_main(void)
 	put(u == 0 ? uts.sysname : "?");
 	put(" release=");
 	put(u == 0 ? uts.release : "?");
+	put(" time=");
+	put_num(sys3(SYS_time, 0, 0, 0));
+	put(" cpus=");
+	put_num(count_cpus());
 	put("\n");
 	sys3(SYS_write, fd, (long)line, used);
 	/* Default: restart (reboot=k on the command line makes that an i8042 reset). */

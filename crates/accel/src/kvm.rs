@@ -45,6 +45,12 @@ impl Kvm {
         self.kvm.get_nr_memslots()
     }
 
+    /// True if `/dev/kvm` is a software backend (kvm_pvm) rather than hardware virtualization: guest
+    /// ring-0 code is emulated there, and some instructions and all hypercalls fail.
+    pub fn is_software_backend(&self) -> bool {
+        std::path::Path::new("/sys/module/kvm_pvm").exists()
+    }
+
     /// The CPUID entries KVM can expose to a guest (`KVM_GET_SUPPORTED_CPUID`).
     pub fn supported_cpuid(&self) -> Result<CpuId> {
         self.kvm

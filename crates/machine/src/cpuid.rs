@@ -10,6 +10,28 @@ const LEAF1_EDX_HTT: u32 = 1 << 28;
 const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
 const KVM_CPUID_SIGNATURE: u32 = 0x4000_0000;
 const KVM_CPUID_FEATURES: u32 = 0x4000_0001;
+/// PV spinlock kicks (`KVM_HC_KICK_CPU`).
+const KVM_FEATURE_PV_UNHALT: u32 = 1 << 7;
+/// PV IPIs (`KVM_HC_SEND_IPI`).
+const KVM_FEATURE_PV_SEND_IPI: u32 = 1 << 11;
+/// PV directed yield (`KVM_HC_SCHED_YIELD`).
+const KVM_FEATURE_PV_SCHED_YIELD: u32 = 1 << 13;
+/// The KVM paravirtual features whose guest side is a `vmcall` hypercall.
+pub const KVM_HYPERCALL_FEATURES: u32 =
+    KVM_FEATURE_PV_UNHALT | KVM_FEATURE_PV_SEND_IPI | KVM_FEATURE_PV_SCHED_YIELD;
+
+/// Hides the KVM paravirtual features that the guest drives with hypercalls (PV IPIs, PV sched yield,
+/// PV spinlock kicks). On a software KVM backend (kvm_pvm) a `vmcall` never completes: the backend
+/// re-runs it forever, so an SMP guest that sends its first PV IPI hangs during AP bring-up. The
+/// features that work through MSRs and shared memory (kvm-clock, steal time, PV EOI, async PF) stay.
+pub fn mask_hypercall_features(entries: &mut [kvm_cpuid_entry2]) {
+    for e in entries
+        .iter_mut()
+        .filter(|e| e.function == KVM_CPUID_FEATURES)
+    {
+        e.eax &= !KVM_HYPERCALL_FEATURES;
+    }
+}
 
 /// The topology of the VM, as CPUID describes it: one package, one thread per core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +179,18 @@ mod tests {
             .flat_map(|w| w.to_le_bytes())
             .collect();
         assert_eq!(&bytes[..9], b"KVMKVMKVM");
+    }
+
+    #[test]
+    fn hypercall_features_are_masked_and_others_kept() {
+        let mut entries = vec![kvm_cpuid_entry2 {
+            function: KVM_CPUID_FEATURES,
+            eax: 0x0100_7efb, // what KVM_GET_SUPPORTED_CPUID offered on a kvm_pvm host
+            ..Default::default()
+        }];
+        mask_hypercall_features(&mut entries);
+        assert_eq!(entries[0].eax, 0x0100_567b);
+        assert_eq!(entries[0].eax & 0x1, 0x1, "kvm-clock stays");
     }
 
     #[test]

@@ -120,7 +120,8 @@ pub fn load(ram: &GuestRam, spec: &BootSpec<'_>, cpus: u32) -> Result<BootInfo> 
     })
 }
 
-/// Sets up vCPU `id` of `cpus`: CPUID, MSRs, LAPIC, and for the boot vCPU (`boot` given) the
+/// Sets up vCPU `id` of `cpus`: CPUID (without the hypercall-based KVM features on a software KVM
+/// backend, where hypercalls never complete), MSRs, LAPIC, and for the boot vCPU (`boot` given) the
 /// registers that enter the kernel.
 pub fn configure_vcpu(
     kvm: &Kvm,
@@ -138,6 +139,9 @@ pub fn configure_vcpu(
             cpus,
         },
     );
+    if kvm.is_software_backend() {
+        cpuid::mask_hypercall_features(&mut entries);
+    }
     if entries.len() != cpuid.as_slice().len() {
         cpuid = accel::kvm_bindings::CpuId::from_entries(&entries)
             .map_err(|_| Error::BootStructure("CPUID table"))?;
