@@ -99,3 +99,8 @@ fn boots_bzimage_through_the_64bit_protocol_to_init() {
 fn boots_two_vcpus_and_guest_userspace_sees_both() {
     boot(&kvmkit_integration_tests::guest_dir().join("vmlinux"), 2);
 }
+
+#[test]
+fn boots_four_vcpus_on_a_two_core_host() {
+    boot(&kvmkit_integration_tests::guest_dir().join("vmlinux"), 4);
+}
