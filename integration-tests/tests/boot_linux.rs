@@ -48,6 +48,7 @@ fn boot(kernel: &Path, cpus: u32) {
             "--serial",
             "stdio",
         ])
+        .args(["--cpus", &cpus.to_string()])
         .stdin(Stdio::null())
         .output()
         .expect("run kvmkit");

@@ -182,4 +182,10 @@ impl Vcpu {
     pub fn fd(&self) -> &VcpuFd {
         &self.fd
     }
+
+    /// The raw kvm-ioctls handle, mutable (for `KVM_RUN` without kvmkit's decoding, e.g. as a
+    /// benchmark baseline).
+    pub fn fd_mut(&mut self) -> &mut VcpuFd {
+        &mut self.fd
+    }
 }
