@@ -31,10 +31,22 @@ fn field(line: &str, key: &str) -> i64 {
         .unwrap_or_else(|_| panic!("bad {key}= in {line:?}"))
 }
 
-fn boot(kernel: &Path, cpus: u32) {
+/// The flags kvmkit adds by itself on a software KVM backend.
+const BACKEND_FLAGS: &[&str] = &["noxsave", "nofsgsbase", "nopcid", "clearcpuid="];
+
+/// Boots `kernel` with `cpus` vCPUs. With `kvmkit_adds_flags`, the command line lacks the
+/// software-KVM flags and kvmkit must add them itself where the backend needs them.
+fn boot(kernel: &Path, cpus: u32, kvmkit_adds_flags: bool) {
     let started = now();
     let guest = kvmkit_integration_tests::guest_dir();
-    let cmdline = std::fs::read_to_string(guest.join("cmdline.txt")).unwrap();
+    let mut cmdline = std::fs::read_to_string(guest.join("cmdline.txt")).unwrap();
+    if kvmkit_adds_flags {
+        cmdline = cmdline
+            .split_whitespace()
+            .filter(|w| !BACKEND_FLAGS.iter().any(|f| w.starts_with(f)))
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_kvmkit-e2e"))
         .arg("--kernel")
         .arg(kernel)
@@ -84,24 +96,51 @@ fn boot(kernel: &Path, cpus: u32) {
         now()
     );
     assert_eq!(field(marker, "cpus"), i64::from(cpus), "{marker}");
+    if kvmkit_adds_flags && Path::new("/sys/module/kvm_pvm").exists() {
+        assert!(
+            stderr.contains("software backend (kvm_pvm); guest command line additions: noxsave"),
+            "{stderr}"
+        );
+        assert!(
+            stdout.contains("Command line: ") && stdout.contains(" noxsave"),
+            "{context}"
+        );
+    }
 }
 
 #[test]
 fn boots_elf_vmlinux_through_pvh_to_init() {
-    boot(&kvmkit_integration_tests::guest_dir().join("vmlinux"), 1);
+    boot(
+        &kvmkit_integration_tests::guest_dir().join("vmlinux"),
+        1,
+        false,
+    );
 }
 
 #[test]
 fn boots_bzimage_through_the_64bit_protocol_to_init() {
-    boot(&kvmkit_integration_tests::guest_dir().join("bzImage"), 1);
+    boot(
+        &kvmkit_integration_tests::guest_dir().join("bzImage"),
+        1,
+        false,
+    );
 }
 
 #[test]
 fn boots_two_vcpus_and_guest_userspace_sees_both() {
-    boot(&kvmkit_integration_tests::guest_dir().join("vmlinux"), 2);
+    // Also: the command line lacks the software-KVM flags; kvmkit adds them where needed.
+    boot(
+        &kvmkit_integration_tests::guest_dir().join("vmlinux"),
+        2,
+        true,
+    );
 }
 
 #[test]
 fn boots_four_vcpus_on_a_two_core_host() {
-    boot(&kvmkit_integration_tests::guest_dir().join("vmlinux"), 4);
+    boot(
+        &kvmkit_integration_tests::guest_dir().join("vmlinux"),
+        4,
+        false,
+    );
 }

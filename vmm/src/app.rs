@@ -95,13 +95,29 @@ fn boot(config: VmConfig) -> i32 {
         Ok(vm) => vm,
         Err(e) => return fail(build_error_code(&e), &e),
     };
+    // On a software KVM backend the guest must be told which instructions to avoid.
+    let mut cmdline = config.cmdline.clone();
+    let mut added = Vec::new();
+    if vm.is_software_kvm() {
+        (cmdline, added) = crate::software_kvm::with_backend_flags(&config.cmdline);
+    }
     let spec = machine::BootSpec {
         kernel: &config.kernel,
         initramfs: config.initramfs.as_deref(),
-        cmdline: &config.cmdline,
+        cmdline: &cmdline,
     };
     if let Err(e) = vm.load_linux(&spec) {
         return fail(build_error_code(&e), &e);
+    }
+    if vm.is_software_kvm() {
+        eprintln!(
+            "kvmkit: /dev/kvm is a software backend (kvm_pvm); guest command line additions: {}",
+            if added.is_empty() {
+                "none needed".to_owned()
+            } else {
+                added.join(" ")
+            }
+        );
     }
     let (input, raw) = match config.serial {
         SerialMode::Stdio => (Input::Stdin, RawModeGuard::new()),

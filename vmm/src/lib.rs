@@ -12,6 +12,7 @@ pub mod console;
 pub mod outcome;
 pub mod run;
 pub mod signals;
+pub mod software_kvm;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;

@@ -42,7 +42,8 @@ pub fn install() {
     });
 }
 
-/// While alive, stop signals are delivered to the event loop through [`StopSignals::event`].
+/// While alive, stop signals are delivered to the event loop through [`StopSignals::event`]. Signals
+/// are process-wide: with several VMs in one process, the most recently started one receives them.
 #[derive(Debug)]
 pub struct StopSignals {
     event: EventFd,

@@ -126,6 +126,11 @@ impl Vm {
         Ok(boot)
     }
 
+    /// True if KVM here is a software backend (kvm_pvm) rather than hardware virtualization.
+    pub fn is_software_kvm(&self) -> bool {
+        self.kvm.is_software_backend()
+    }
+
     /// The guest's RAM.
     pub fn ram(&self) -> &GuestRam {
         &self.ram
