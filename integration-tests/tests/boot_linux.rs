@@ -31,9 +31,6 @@ fn field(line: &str, key: &str) -> i64 {
         .unwrap_or_else(|_| panic!("bad {key}= in {line:?}"))
 }
 
-/// The flags kvmkit adds by itself on a software KVM backend.
-const BACKEND_FLAGS: &[&str] = &["noxsave", "nofsgsbase", "nopcid", "clearcpuid="];
-
 /// Boots `kernel` with `cpus` vCPUs. With `kvmkit_adds_flags`, the command line lacks the
 /// software-KVM flags and kvmkit must add them itself where the backend needs them.
 fn boot(kernel: &Path, cpus: u32, kvmkit_adds_flags: bool) {
@@ -43,7 +40,13 @@ fn boot(kernel: &Path, cpus: u32, kvmkit_adds_flags: bool) {
     if kvmkit_adds_flags {
         cmdline = cmdline
             .split_whitespace()
-            .filter(|w| !BACKEND_FLAGS.iter().any(|f| w.starts_with(f)))
+            .filter(|w| {
+                // Drop each parameter kvmkit adds by itself on a software KVM backend.
+                let key = |p: &str| p.split('=').next().unwrap_or(p).to_owned();
+                !kvmkit::software_kvm::BACKEND_FLAGS
+                    .iter()
+                    .any(|f| key(f) == key(w))
+            })
             .collect::<Vec<_>>()
             .join(" ");
     }

@@ -96,11 +96,12 @@ fn boot(config: VmConfig) -> i32 {
         Err(e) => return fail(build_error_code(&e), &e),
     };
     // On a software KVM backend the guest must be told which instructions to avoid.
-    let mut cmdline = config.cmdline.clone();
-    let mut added = Vec::new();
-    if vm.is_software_kvm() {
-        (cmdline, added) = crate::software_kvm::with_backend_flags(&config.cmdline);
-    }
+    let software_kvm = vm.is_software_kvm();
+    let (cmdline, added) = if software_kvm {
+        crate::software_kvm::with_backend_flags(&config.cmdline)
+    } else {
+        (config.cmdline.clone(), Vec::new())
+    };
     let spec = machine::BootSpec {
         kernel: &config.kernel,
         initramfs: config.initramfs.as_deref(),
@@ -109,7 +110,7 @@ fn boot(config: VmConfig) -> i32 {
     if let Err(e) = vm.load_linux(&spec) {
         return fail(build_error_code(&e), &e);
     }
-    if vm.is_software_kvm() {
+    if software_kvm {
         eprintln!(
             "kvmkit: /dev/kvm is a software backend (kvm_pvm); guest command line additions: {}",
             if added.is_empty() {

@@ -205,7 +205,8 @@ fn event_loop(sources: EventSources) -> Result<Outcome, Error> {
 
     let mut parser = EscapeParser::default();
     let mut pending: VecDeque<u8> = VecDeque::new();
-    let mut events = vec![EpollEvent::default(); 4];
+    // One slot per token: every source can be ready at once.
+    let mut events = vec![EpollEvent::default(); 5];
     loop {
         let timeout = if pending.is_empty() {
             -1

@@ -96,11 +96,6 @@ impl Vcpu {
         crate::KickBinding::bind(std::ptr::addr_of_mut!(run.immediate_exit))
     }
 
-    /// Sets `kvm_run.immediate_exit`: while set, `KVM_RUN` returns at once with EINTR.
-    pub fn set_immediate_exit(&mut self, on: bool) {
-        self.fd.set_kvm_immediate_exit(u8::from(on));
-    }
-
     /// General-purpose registers.
     pub fn regs(&self) -> Result<kvm_regs> {
         self.fd.get_regs().map_err(Error::ioctl("KVM_GET_REGS"))
