@@ -62,6 +62,7 @@ impl TinyGuest {
             memory: 32 << 20,
             cpus: 1,
             serial_out: Box::new(serial.clone()),
+            acpi: true,
         })
         .expect("create VM (is /dev/kvm usable?)");
         let mem = vm.ram().memory();

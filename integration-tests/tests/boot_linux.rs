@@ -2,8 +2,12 @@
 //! through the 64-bit boot protocol, and checks what the guest printed: the kernel banner, the 8250
 //! UART, the start of init, and the marker line of the init program (guest userspace ran and made
 //! system calls): its PID, the kernel's name, the guest's wall-clock time (from the CMOS RTC at boot, kept
-//! since by the guest's clocksource, which must agree with the host's within 2 s) and the CPUs in /proc/cpuinfo. The init
-//! then reboots the guest, so kvmkit exits 0.
+//! since by the guest's clocksource, which must agree with the host's within 2 s) and the CPUs in
+//! /proc/cpuinfo. The init then reboots the guest (through the i8042, or the ACPI reset register) or
+//! powers it off (ACPI S5), and either way kvmkit exits 0.
+//!
+//! The machine is described by ACPI tables and an MP table, or with `--acpi off` by the MP table
+//! alone; the kernel's log says which it used.
 //!
 //! On a software-KVM host each boot takes one to two minutes of emulated guest time.
 
@@ -31,39 +35,76 @@ fn field(line: &str, key: &str) -> i64 {
         .unwrap_or_else(|_| panic!("bad {key}= in {line:?}"))
 }
 
-/// Boots `kernel` with `cpus` vCPUs. With `kvmkit_adds_flags`, the command line lacks the
-/// software-KVM flags and kvmkit must add them itself where the backend needs them.
-fn boot(kernel: &Path, cpus: u32, kvmkit_adds_flags: bool) {
-    let started = now();
-    let guest = kvmkit_integration_tests::guest_dir();
-    let mut cmdline = std::fs::read_to_string(guest.join("cmdline.txt")).unwrap();
-    if kvmkit_adds_flags {
-        cmdline = cmdline
-            .split_whitespace()
-            .filter(|w| {
-                // Drop each parameter kvmkit adds by itself on a software KVM backend.
-                let key = |p: &str| p.split('=').next().unwrap_or(p).to_owned();
-                !kvmkit::software_kvm::BACKEND_FLAGS
+/// How to boot the test guest, and what it must then show.
+struct Boot {
+    /// "vmlinux" (PVH entry) or "bzImage" (64-bit boot protocol).
+    kernel: &'static str,
+    cpus: u32,
+    /// The command line lacks the software-KVM flags: kvmkit must add them where the backend needs them.
+    kvmkit_adds_flags: bool,
+    acpi: bool,
+    /// How the guest ends.
+    end: End,
+}
+
+#[derive(PartialEq)]
+enum End {
+    /// `reboot=k`: the i8042 reset line.
+    RebootI8042,
+    /// `reboot=a`: the FADT's reset register.
+    RebootAcpi,
+    /// The init powers off: ACPI S5 through the FADT's sleep control register.
+    PowerOff,
+}
+
+impl Boot {
+    fn new(kernel: &'static str) -> Self {
+        Self {
+            kernel,
+            cpus: 1,
+            kvmkit_adds_flags: false,
+            acpi: true,
+            end: End::RebootI8042,
+        }
+    }
+}
+
+fn cmdline(b: &Boot) -> String {
+    let text =
+        std::fs::read_to_string(kvmkit_integration_tests::guest_dir().join("cmdline.txt")).unwrap();
+    let key = |p: &str| p.split('=').next().unwrap_or(p).to_owned();
+    let mut words: Vec<String> = text
+        .split_whitespace()
+        .filter(|w| {
+            // Drop each parameter kvmkit adds by itself on a software KVM backend.
+            !b.kvmkit_adds_flags
+                || !kvmkit::software_kvm::BACKEND_FLAGS
                     .iter()
                     .any(|f| key(f) == key(w))
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
+        })
+        .map(|w| match (w, &b.end) {
+            ("reboot=k", End::RebootAcpi) => "reboot=a".to_owned(),
+            _ => w.to_owned(),
+        })
+        .collect();
+    if b.end == End::PowerOff {
+        words.push("kvmkit_init=poweroff".to_owned());
     }
+    words.join(" ")
+}
+
+fn boot(b: Boot) {
+    let started = now();
+    let guest = kvmkit_integration_tests::guest_dir();
     let out = Command::new(env!("CARGO_BIN_EXE_kvmkit-e2e"))
         .arg("--kernel")
-        .arg(kernel)
+        .arg(guest.join(b.kernel))
         .arg("--initramfs")
         .arg(guest.join("initramfs.cpio"))
-        .args([
-            "--cmdline",
-            cmdline.trim(),
-            "--memory",
-            "256M",
-            "--serial",
-            "stdio",
-        ])
-        .args(["--cpus", &cpus.to_string()])
+        .args(["--cmdline", &cmdline(&b)])
+        .args(["--memory", "256M", "--serial", "stdio"])
+        .args(["--cpus", &b.cpus.to_string()])
+        .args(["--acpi", if b.acpi { "on" } else { "off" }])
         .stdin(Stdio::null())
         .output()
         .expect("run kvmkit");
@@ -71,22 +112,49 @@ fn boot(kernel: &Path, cpus: u32, kvmkit_adds_flags: bool) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let context = format!("--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
     let brought_up = format!(
-        "smp: Brought up 1 node, {cpus} CPU{}",
-        if cpus == 1 { "" } else { "s" }
+        "smp: Brought up 1 node, {} CPU{}",
+        b.cpus,
+        if b.cpus == 1 { "" } else { "s" }
     );
-    for expected in [
+    let mut expected = vec![
         brought_up.as_str(),
         "Linux version 6.1",
-        "serial8250: ttyS0 at I/O 0x3f8 (irq = 4, base_baud = 115200) is a 16550A",
+        // Through ACPI the UART is a PNP device, and Linux numbers its GSI 4 freely.
+        "ttyS0 at I/O 0x3f8 (irq = ",
         "Run /init as init process",
         "KVMKIT-INIT-OK pid=1 sysname=Linux release=6.1",
-    ] {
+    ];
+    if b.acpi {
+        // The kernel found kvmkit's tables (RSDP where kvmkit put it), took the CPUs and the IOAPIC
+        // from the MADT, loaded the DSDT, found S5 in it and the COM1, PS/2 and RTC devices.
+        expected.extend([
+            "ACPI: RSDP 0x00000000000E0000",
+            "ACPI: DSDT 0x",
+            "ACPI: Using ACPI (MADT) for SMP configuration information",
+            "ACPI: 1 ACPI AML tables successfully acquired and loaded",
+            "ACPI: PM: (supports S0 S5)",
+            "pnp: PnP ACPI: found 3 devices",
+        ]);
+    } else {
+        expected.push("Intel MultiProcessor Specification v1.4");
+    }
+    for expected in expected {
         assert!(
             stdout.contains(expected),
             "guest did not print {expected:?}\n{context}"
         );
     }
-    assert!(stderr.contains("kvmkit: guest rebooted"), "{context}");
+    if !b.acpi {
+        assert!(!stdout.contains("ACPI: RSDP"), "{context}");
+    }
+    let (guest_says, kvmkit_says) = match b.end {
+        End::RebootI8042 | End::RebootAcpi => {
+            ("reboot: Restarting system", "kvmkit: guest rebooted")
+        }
+        End::PowerOff => ("reboot: Power down", "kvmkit: guest powered off"),
+    };
+    assert!(stdout.contains(guest_says), "{context}");
+    assert!(stderr.contains(kvmkit_says), "{context}");
     assert_eq!(out.status.code(), Some(0), "{context}");
     let marker = stdout
         .lines()
@@ -98,8 +166,8 @@ fn boot(kernel: &Path, cpus: u32, kvmkit_adds_flags: bool) {
         "guest time {guest_time} is not the host's ({started}..{}): {marker}",
         now()
     );
-    assert_eq!(field(marker, "cpus"), i64::from(cpus), "{marker}");
-    if kvmkit_adds_flags && Path::new("/sys/module/kvm_pvm").exists() {
+    assert_eq!(field(marker, "cpus"), i64::from(b.cpus), "{marker}");
+    if b.kvmkit_adds_flags && Path::new("/sys/module/kvm_pvm").exists() {
         assert!(
             stderr.contains("software backend (kvm_pvm); guest command line additions: noxsave"),
             "{stderr}"
@@ -112,38 +180,34 @@ fn boot(kernel: &Path, cpus: u32, kvmkit_adds_flags: bool) {
 }
 
 #[test]
-fn boots_elf_vmlinux_through_pvh_to_init() {
-    boot(
-        &kvmkit_integration_tests::guest_dir().join("vmlinux"),
-        1,
-        false,
-    );
+fn boots_elf_vmlinux_through_pvh_to_init_with_acpi() {
+    boot(Boot::new("vmlinux"));
 }
 
 #[test]
-fn boots_bzimage_through_the_64bit_protocol_to_init() {
-    boot(
-        &kvmkit_integration_tests::guest_dir().join("bzImage"),
-        1,
-        false,
-    );
+fn boots_bzimage_through_the_64bit_protocol_and_powers_off_through_acpi() {
+    boot(Boot {
+        end: End::PowerOff,
+        ..Boot::new("bzImage")
+    });
 }
 
 #[test]
-fn boots_two_vcpus_and_guest_userspace_sees_both() {
+fn boots_two_vcpus_from_the_mp_table_alone_with_acpi_off() {
     // Also: the command line lacks the software-KVM flags; kvmkit adds them where needed.
-    boot(
-        &kvmkit_integration_tests::guest_dir().join("vmlinux"),
-        2,
-        true,
-    );
+    boot(Boot {
+        cpus: 2,
+        kvmkit_adds_flags: true,
+        acpi: false,
+        ..Boot::new("vmlinux")
+    });
 }
 
 #[test]
-fn boots_four_vcpus_on_a_two_core_host() {
-    boot(
-        &kvmkit_integration_tests::guest_dir().join("vmlinux"),
-        4,
-        false,
-    );
+fn boots_four_vcpus_on_a_two_core_host_and_reboots_through_acpi() {
+    boot(Boot {
+        cpus: 4,
+        end: End::RebootAcpi,
+        ..Boot::new("vmlinux")
+    });
 }

@@ -24,6 +24,38 @@ fn real_mode_guest_prints_through_com1_and_resets_through_i8042() {
     assert_eq!(outcome.exit_code(), 0);
 }
 
+/// Real-mode code that writes `value` to port `port` (the ACPI power registers), then spins.
+fn write_port_and_spin(port: u16, value: u8) -> Vec<u8> {
+    let [lo, hi] = port.to_le_bytes();
+    vec![
+        0xba, lo, hi, //    mov dx, port
+        0xb0, 0x80, //      mov al, 0x80   ; clear WAK_STS in the sleep status register first,
+        0x42, //            inc dx         ; as Linux does (port + 1)
+        0xee, //            out dx, al
+        0x4a, //            dec dx
+        0xb0, value, //     mov al, value
+        0xee,  //            out dx, al
+        0xeb, 0xfe, //      jmp $
+    ]
+}
+
+#[test]
+fn acpi_s5_through_the_sleep_control_register_is_a_power_off() {
+    // SLP_TYP 5 (the DSDT's \_S5) << 2 | SLP_EN
+    let code = write_port_and_spin(legacy::ACPI_POWER.base, (5 << 2) | 0x20);
+    let (outcome, _) = TinyGuest::new(Mode::Real, &code, None).run();
+    assert_eq!(outcome, Outcome::PowerOff);
+    assert_eq!(outcome.exit_code(), 0);
+    assert_eq!(outcome.to_string(), "guest powered off");
+}
+
+#[test]
+fn acpi_reset_register_reboots() {
+    let code = write_port_and_spin(legacy::ACPI_POWER.base + 2, 1);
+    let (outcome, _) = TinyGuest::new(Mode::Real, &code, None).run();
+    assert_eq!(outcome, Outcome::Reset);
+}
+
 #[test]
 fn pio_reads_reach_the_rtc_and_unclaimed_ports_read_all_ones() {
     let code = [

@@ -3,7 +3,8 @@
  *
  * It proves that guest userspace runs and makes system calls: it asks the kernel for its PID, uname(2),
  * the wall-clock time and (from /proc/cpuinfo) the number of CPUs, prints one marker line with the
- * answers on /dev/console, and reboots the guest.
+ * answers on /dev/console, and reboots the guest, or powers it off if the kernel command line has
+ * `kvmkit_init=poweroff` (the kernel hands such `name=value` words to init as environment variables).
  * Built with -nostdlib: no libc, so the initramfs stays a few KB (unpacking is emulated and slow).
  */
 #define SYS_read 0
@@ -114,8 +115,24 @@ static long count_cpus(void)
 	return cpus;
 }
 
-void init_main(void)
+/* True if `env` (a NULL-terminated array) holds the string `want`. */
+static int has_env(char **env, const char *want)
 {
+	for (; *env; env++) {
+		unsigned long k = 0;
+		while (want[k] && (*env)[k] == want[k])
+			k++;
+		if (!want[k] && !(*env)[k])
+			return 1;
+	}
+	return 0;
+}
+
+/* `sp` is the initial stack: argc, argv[0..argc], NULL, envp..., NULL. */
+void init_main(long *sp)
+{
+	char **envp = (char **)(sp + 1 + sp[0] + 1);
+	int power_off = has_env(envp, "kvmkit_init=poweroff");
 	long fd = sys3(SYS_open, (long)"/dev/console", 2 /* O_RDWR */, 0);
 	if (fd < 0)
 		fd = 1;
@@ -133,14 +150,17 @@ void init_main(void)
 	put_num(count_cpus());
 	put("\n");
 	sys3(SYS_write, fd, (long)line, used);
-	/* Default: restart (reboot=k on the command line makes that an i8042 reset). */
-	sys4(SYS_reboot, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, LINUX_REBOOT_CMD_RESTART, 0);
+	/* Default: restart (reboot=k on the command line makes that an i8042 reset). Power-off needs
+	 * ACPI (S5 through the FADT's sleep control register); without it the kernel just halts. */
+	sys4(SYS_reboot, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2,
+	     power_off ? LINUX_REBOOT_CMD_POWER_OFF : LINUX_REBOOT_CMD_RESTART, 0);
 	for (;;)
 		;
 }
 
 __asm__(".globl _start\n"
 	"_start:\n"
+	"  mov %rsp, %rdi\n"
 	"  and $-16, %rsp\n"
 	"  call init_main\n"
 	"  hlt\n");

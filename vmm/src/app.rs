@@ -91,6 +91,7 @@ fn boot(config: VmConfig) -> i32 {
         memory: config.memory,
         cpus: config.cpus,
         serial_out,
+        acpi: config.acpi,
     }) {
         Ok(vm) => vm,
         Err(e) => return fail(build_error_code(&e), &e),

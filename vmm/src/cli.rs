@@ -1,5 +1,5 @@
 //! The command line, in Cloud Hypervisor's shape: `--kernel`, `--initramfs`, `--cmdline`, `--memory`,
-//! `--cpus`, `--serial`.
+//! `--cpus`, `--serial`, `--acpi`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -84,6 +84,17 @@ fn command() -> Command {
                 .default_value("stdio")
                 .help("Serial console: stdio, file=PATH or off"),
         )
+        .arg(
+            Arg::new("acpi")
+                .long("acpi")
+                .value_name("on|off")
+                .default_value("on")
+                .value_parser(["on", "off"])
+                .help(
+                    "Describe the machine with ACPI tables as well as the MP table (off: MP table only, \
+                     and no ACPI power-off)",
+                ),
+        )
         .disable_version_flag(true)
         .arg(
             Arg::new("version")
@@ -131,6 +142,7 @@ where
         memory: config::parse_size(&get("memory"))?,
         cpus: config::parse_cpus(&get("cpus"), MAX_CPUS)?,
         serial: get("serial").parse::<SerialMode>()?,
+        acpi: get("acpi") == "on",
     };
     Ok(Action::Run(config))
 }
@@ -153,6 +165,8 @@ mod tests {
         assert_eq!(c.cpus, 1);
         assert_eq!(c.serial, SerialMode::Stdio);
         assert_eq!(c.cmdline, DEFAULT_CMDLINE);
+        assert!(c.acpi);
+        assert!(!run(&["--kernel", "k", "--acpi", "off"]).unwrap().acpi);
         let c = run(&[
             "--kernel",
             "k",
@@ -178,6 +192,7 @@ mod tests {
             &["--kernel", "k", "--memory", "lots"][..],
             &["--kernel", "k", "--cpus", "0"][..],
             &["--kernel", "k", "--serial", "tcp"][..],
+            &["--kernel", "k", "--acpi", "maybe"][..],
         ] {
             let e = run(args).unwrap_err().to_string();
             assert!(!e.contains('\n') && !e.is_empty(), "{args:?}: {e}");

@@ -67,6 +67,8 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Serial console.
     pub serial: SerialMode,
+    /// Whether the guest gets ACPI tables (and with them an ACPI power-off) besides the MP table.
+    pub acpi: bool,
 }
 
 /// Parses a size like `256M`, `1G`, `512MiB`, `4096K` or a plain byte count (binary units).

@@ -16,7 +16,7 @@ pub const EXIT_BAD_INPUT: i32 = 2;
 pub enum Outcome {
     /// The guest reset the machine (i8042 reset line, or a KVM reset event).
     Reset,
-    /// The guest powered off.
+    /// The guest powered off (ACPI S5 through the power registers, or a KVM shutdown event).
     PowerOff,
     /// The guest halted with nothing left to wake it.
     Halted {

@@ -38,6 +38,7 @@ const TOKEN_VCPU: u64 = 1;
 const TOKEN_STDIN: u64 = 2;
 const TOKEN_SIGNAL: u64 = 3;
 const TOKEN_STOP: u64 = 4;
+const TOKEN_POWER_OFF: u64 = 5;
 /// How often to retry console input that did not fit in the UART's FIFO.
 const INPUT_RETRY_MS: i32 = 10;
 
@@ -119,7 +120,9 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
         vcpus,
         serial,
         reset,
+        power_off,
         panicked,
+        acpi: _,
     } = vm;
     // The VM's fd (and with it the irqfds) and its RAM must outlive every vCPU thread: the event-loop
     // thread owns them and drops them only after it has stopped the vCPUs.
@@ -137,6 +140,7 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
             let result = event_loop(EventSources {
                 wake,
                 reset,
+                power_off,
                 stop: loop_stop,
                 rx,
                 serial,
@@ -167,6 +171,7 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
 struct EventSources {
     wake: EventFd,
     reset: EventFd,
+    power_off: EventFd,
     stop: EventFd,
     rx: mpsc::Receiver<Outcome>,
     serial: Arc<Mutex<legacy::Serial>>,
@@ -177,6 +182,7 @@ fn event_loop(sources: EventSources) -> Result<Outcome, Error> {
     let EventSources {
         wake,
         reset,
+        power_off,
         stop,
         rx,
         serial,
@@ -192,6 +198,7 @@ fn event_loop(sources: EventSources) -> Result<Outcome, Error> {
         )
     };
     watch(reset.as_raw_fd(), TOKEN_RESET).map_err(Error::EventLoop)?;
+    watch(power_off.as_raw_fd(), TOKEN_POWER_OFF).map_err(Error::EventLoop)?;
     watch(wake.as_raw_fd(), TOKEN_VCPU).map_err(Error::EventLoop)?;
     watch(signals.event().as_raw_fd(), TOKEN_SIGNAL).map_err(Error::EventLoop)?;
     watch(stop.as_raw_fd(), TOKEN_STOP).map_err(Error::EventLoop)?;
@@ -206,7 +213,7 @@ fn event_loop(sources: EventSources) -> Result<Outcome, Error> {
     let mut parser = EscapeParser::default();
     let mut pending: VecDeque<u8> = VecDeque::new();
     // One slot per token: every source can be ready at once.
-    let mut events = vec![EpollEvent::default(); 5];
+    let mut events = vec![EpollEvent::default(); 6];
     loop {
         let timeout = if pending.is_empty() {
             -1
@@ -224,6 +231,10 @@ fn event_loop(sources: EventSources) -> Result<Outcome, Error> {
                 TOKEN_RESET => {
                     let _ = reset.read();
                     ended = Some(Outcome::Reset);
+                }
+                TOKEN_POWER_OFF => {
+                    let _ = power_off.read();
+                    ended = Some(Outcome::PowerOff);
                 }
                 TOKEN_STOP => {
                     let _ = stop.read();

@@ -6,8 +6,12 @@ use std::sync::{Arc, Mutex};
 
 use accel::{EventFd, Kvm, Vcpu};
 use bus::SharedDevice;
-use legacy::{CMOS, COM1, COM1_IRQ, I8042, I8042_COMMAND, I8042_DATA, PortRange, Rtc, Serial};
-use machine::{BootInfo, BootSpec};
+use legacy::{
+    ACPI_POWER, CMOS, COM1, COM1_IRQ, I8042, I8042_COMMAND, I8042_DATA, PortRange, PowerRegisters,
+    Rtc, Serial,
+};
+use machine::acpi::{AcpiConfig, IsaDevice, IsaKind, PowerPorts};
+use machine::{BootInfo, BootSpec, Platform};
 use memory::GuestRam;
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
@@ -42,6 +46,8 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Where the serial console's output goes.
     pub serial_out: Box<dyn Write + Send>,
+    /// ACPI: the power registers on the port bus, and ACPI tables for a kernel to boot with.
+    pub acpi: bool,
 }
 
 /// A VM ready to run: memory registered, devices on the buses, vCPUs created.
@@ -53,7 +59,9 @@ pub struct Vm {
     pub(crate) vcpus: Vec<Vcpu>,
     pub(crate) serial: Arc<Mutex<Serial>>,
     pub(crate) reset: EventFd,
+    pub(crate) power_off: EventFd,
     pub(crate) panicked: Arc<AtomicBool>,
+    pub(crate) acpi: bool,
 }
 
 impl std::fmt::Debug for Vm {
@@ -67,13 +75,47 @@ impl std::fmt::Debug for Vm {
     }
 }
 
+/// What the ACPI tables say about this VM: its vCPUs, the legacy devices [`Vm::new`] puts on the
+/// port bus, and the power registers.
+fn acpi_config(cpus: u32) -> AcpiConfig {
+    let ports = |r: PortRange| (r.base, r.len as u8);
+    AcpiConfig {
+        cpus,
+        isa: vec![
+            IsaDevice {
+                kind: IsaKind::Serial,
+                ports: vec![ports(COM1)],
+                irq: Some(COM1_IRQ),
+            },
+            IsaDevice {
+                kind: IsaKind::Keyboard,
+                ports: vec![ports(I8042_DATA), ports(I8042_COMMAND)],
+                irq: None,
+            },
+            IsaDevice {
+                kind: IsaKind::Rtc,
+                ports: vec![ports(CMOS)],
+                irq: None,
+            },
+        ],
+        virtio_mmio: Vec::new(),
+        power: PowerPorts {
+            sleep_control: ACPI_POWER.base + legacy::power::SLEEP_CONTROL,
+            sleep_status: ACPI_POWER.base + legacy::power::SLEEP_STATUS,
+            reset: ACPI_POWER.base + legacy::power::RESET,
+            reset_value: legacy::power::RESET_VALUE,
+            s5_sleep_type: legacy::power::S5_SLEEP_TYPE,
+        },
+    }
+}
+
 fn eventfd() -> Result<EventFd, Error> {
     EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)
 }
 
 impl Vm {
-    /// Creates the VM: opens KVM, maps and registers RAM, puts COM1, the i8042 and the RTC on the
-    /// port bus, and creates the vCPUs (not yet configured).
+    /// Creates the VM: opens KVM, maps and registers RAM, puts COM1, the i8042, the RTC and (with
+    /// ACPI) the power registers on the port bus, and creates the vCPUs (not yet configured).
     pub fn new(config: VmConfig) -> Result<Self, Error> {
         let kvm = Kvm::new()?;
         let mut vm = kvm.create_vm()?;
@@ -98,6 +140,12 @@ impl Vm {
         add(i8042.clone(), I8042_DATA)?;
         add(i8042, I8042_COMMAND)?;
         add(Arc::new(Mutex::new(Rtc::new())), CMOS)?;
+        let power_off = eventfd()?;
+        if config.acpi {
+            let clone = |e: &EventFd| e.try_clone().map_err(Error::EventFd);
+            let power = PowerRegisters::new(clone(&power_off)?, clone(&reset)?);
+            add(Arc::new(Mutex::new(power)), ACPI_POWER)?;
+        }
 
         let vcpus = (0..u64::from(config.cpus))
             .map(|id| vm.create_vcpu(id))
@@ -110,7 +158,9 @@ impl Vm {
             vcpus,
             serial,
             reset,
+            power_off,
             panicked,
+            acpi: config.acpi,
         })
     }
 
@@ -118,7 +168,11 @@ impl Vm {
     /// CPUID, MSRs and LAPIC for all, entry registers for vCPU 0.
     pub fn load_linux(&mut self, spec: &BootSpec<'_>) -> Result<BootInfo, Error> {
         let cpus = self.vcpus.len() as u32;
-        let boot = machine::load(&self.ram, spec, cpus)?;
+        let platform = Platform {
+            cpus,
+            acpi: self.acpi.then(|| acpi_config(cpus)),
+        };
+        let boot = machine::load(&self.ram, spec, &platform)?;
         for vcpu in &self.vcpus {
             let bsp = (vcpu.id() == 0).then_some(&boot);
             machine::configure_vcpu(&self.kvm, vcpu, &self.ram, cpus, bsp)?;

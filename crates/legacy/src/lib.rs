@@ -2,11 +2,13 @@
 
 mod date;
 mod i8042;
+pub mod power;
 mod rtc;
 mod serial;
 
 pub use date::{CivilTime, civil_from_unix};
 pub use i8042::I8042;
+pub use power::PowerRegisters;
 pub use rtc::Rtc;
 pub use serial::{EventFdTrigger, Serial};
 
@@ -32,3 +34,8 @@ pub const I8042_DATA: PortRange = PortRange { base: 0x60, len: 1 };
 pub const I8042_COMMAND: PortRange = PortRange { base: 0x64, len: 1 };
 /// The CMOS/RTC index and data ports.
 pub const CMOS: PortRange = PortRange { base: 0x70, len: 2 };
+/// The ACPI power registers ([`PowerRegisters`]): sleep control, sleep status and reset, one byte each.
+pub const ACPI_POWER: PortRange = PortRange {
+    base: 0x600,
+    len: 3,
+};

@@ -35,14 +35,15 @@ pub fn cmdline(text: &str) -> Result<Cmdline> {
     Ok(c)
 }
 
-/// Writes the command line and the boot structures `kernel.entry_kind` needs. Returns the address
-/// the entry register (`rsi` or `ebx`) must hold.
+/// Writes the command line and the boot structures `kernel.entry_kind` needs, pointing the kernel at
+/// the ACPI RSDP if there is one. Returns the address the entry register (`rsi` or `ebx`) must hold.
 pub fn write_boot_info(
     mem: &GuestMemoryMmap,
     kernel: &LoadedKernel,
     cmdline: &Cmdline,
     initramfs: Option<Initramfs>,
     map: &[E820Entry],
+    rsdp: Option<u64>,
 ) -> Result<u64> {
     linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
         .map_err(|e| Error::Cmdline(e.to_string()))?;
@@ -51,8 +52,8 @@ pub fn write_boot_info(
         .map(|c| c.as_bytes_with_nul().len())
         .map_err(|e| Error::Cmdline(e.to_string()))?;
     match kernel.entry_kind {
-        EntryKind::Pvh => write_pvh(mem, initramfs, map),
-        EntryKind::Linux64 => write_zero_page(mem, kernel, cmdline_size, initramfs, map),
+        EntryKind::Pvh => write_pvh(mem, initramfs, map, rsdp),
+        EntryKind::Linux64 => write_zero_page(mem, kernel, cmdline_size, initramfs, map, rsdp),
     }
 }
 
@@ -60,6 +61,7 @@ fn write_pvh(
     mem: &GuestMemoryMmap,
     initramfs: Option<Initramfs>,
     map: &[E820Entry],
+    rsdp: Option<u64>,
 ) -> Result<u64> {
     if map.len() > PVH_MEMMAP_MAX_ENTRIES {
         return Err(Error::BootStructure("PVH memory map (too many entries)"));
@@ -79,6 +81,7 @@ fn write_pvh(
         cmdline_paddr: CMDLINE_START,
         memmap_paddr: PVH_MEMMAP_START,
         memmap_entries: memmap.len() as u32,
+        rsdp_paddr: rsdp.unwrap_or(0),
         nr_modules: u32::from(initramfs.is_some()),
         modlist_paddr: if initramfs.is_some() {
             PVH_MODLIST_START
@@ -110,8 +113,13 @@ fn write_zero_page(
     cmdline_size: usize,
     initramfs: Option<Initramfs>,
     map: &[E820Entry],
+    rsdp: Option<u64>,
 ) -> Result<u64> {
-    let mut zp = boot_params::default();
+    let mut zp = boot_params {
+        // Boot protocol 2.14: where the RSDP is (0: let the kernel scan for it).
+        acpi_rsdp_addr: rsdp.unwrap_or(0),
+        ..Default::default()
+    };
     if let Some(hdr) = kernel.setup_header {
         zp.hdr = hdr;
     }
@@ -180,6 +188,7 @@ mod tests {
             &cmdline("console=ttyS0").unwrap(),
             Some(rd),
             &map,
+            Some(0xe0000),
         )
         .unwrap();
         assert_eq!(at, ZERO_PAGE_START);
@@ -188,6 +197,7 @@ mod tests {
         assert_eq!({ zp.hdr.ramdisk_image }, 0x300_0000);
         assert_eq!({ zp.hdr.ramdisk_size }, 0x1234);
         assert_eq!(zp.e820_entries as usize, map.len());
+        assert_eq!({ zp.acpi_rsdp_addr }, 0xe0000);
         let mut text = [0u8; 14];
         m.read_slice(&mut text, GuestAddress(CMDLINE_START))
             .unwrap();
@@ -208,12 +218,14 @@ mod tests {
             &cmdline("").unwrap(),
             Some(rd),
             &map,
+            None,
         )
         .unwrap();
         let info: hvm_start_info = m.read_obj(GuestAddress(at)).unwrap();
         assert_eq!(info.magic, XEN_HVM_START_MAGIC_VALUE);
         assert_eq!(info.memmap_entries as usize, map.len());
         assert_eq!(info.nr_modules, 1);
+        assert_eq!(info.rsdp_paddr, 0, "no ACPI: the kernel finds the MP table");
         let module: hvm_modlist_entry = m.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
         assert_eq!((module.paddr, module.size), (0x300_0000, 0x1000));
     }

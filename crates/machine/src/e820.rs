@@ -1,6 +1,6 @@
 //! The guest's physical memory map, as e820 entries.
 
-use crate::layout::{BIOS_START, EBDA_START, HIMEM_START};
+use crate::layout::{ACPI_START, EBDA_START, HIMEM_START};
 
 /// e820 type: usable RAM.
 pub const E820_RAM: u32 = 1;
@@ -19,7 +19,7 @@ pub struct E820Entry {
 }
 
 /// The memory map for RAM laid out as `ram` (`(start, len)` ranges in address order, the first
-/// starting at 0): low RAM up to the EBDA, the BIOS area reserved, then RAM from 1 MiB on.
+/// starting at 0): low RAM up to the EBDA, the ACPI tables and BIOS area reserved, then RAM from 1 MiB on.
 ///
 /// ```
 /// use kvmkit_machine::e820::{memory_map, E820_RAM};
@@ -40,8 +40,8 @@ pub fn memory_map(ram: &[(u64, u64)]) -> Vec<E820Entry> {
             kind: E820_RESERVED,
         },
         E820Entry {
-            addr: BIOS_START,
-            size: HIMEM_START - BIOS_START,
+            addr: ACPI_START,
+            size: HIMEM_START - ACPI_START,
             kind: E820_RESERVED,
         },
     ];

@@ -28,7 +28,11 @@ pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Start of the extended BIOS data area: RAM below it is usable.
 pub const EBDA_START: u64 = 0x9fc00;
-/// Start of the BIOS area, reserved up to 1 MiB.
+/// The ACPI tables, RSDP first (in the range a kernel scans for it); reserved up to 1 MiB.
+pub const ACPI_START: u64 = 0xe0000;
+/// End of the ACPI tables' area: the MP table follows.
+pub const ACPI_END: u64 = BIOS_START;
+/// Start of the BIOS area (the MP table), reserved up to 1 MiB.
 pub const BIOS_START: u64 = 0xf0000;
 /// Start of high memory: kernels load at or above it.
 pub const HIMEM_START: u64 = 0x10_0000;

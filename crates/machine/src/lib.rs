@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod acpi;
 pub mod boot;
 pub mod cpu;
 pub mod cpuid;
@@ -61,6 +62,9 @@ pub enum Error {
     /// A boot structure could not be written to guest memory.
     #[error("cannot write the {0} to guest memory")]
     BootStructure(&'static str),
+    /// The ACPI tables could not be built or placed.
+    #[error(transparent)]
+    Acpi(#[from] acpi::Error),
     /// A vCPU ioctl failed.
     #[error(transparent)]
     Accel(#[from] accel::Error),
@@ -91,9 +95,18 @@ pub struct BootInfo {
     pub boot_info: u64,
 }
 
+/// The machine a kernel boots on, as its boot structures describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// ACPI tables to write (their `cpus` should match); `None` leaves the MP table alone.
+    pub acpi: Option<acpi::AcpiConfig>,
+}
+
 /// Loads the kernel, initramfs and command line into `ram` and writes the boot structures
-/// (memory map, MP table for `cpus` vCPUs, zero page or PVH start info).
-pub fn load(ram: &GuestRam, spec: &BootSpec<'_>, cpus: u32) -> Result<BootInfo> {
+/// (memory map, MP table, ACPI tables if asked for, zero page or PVH start info).
+pub fn load(ram: &GuestRam, spec: &BootSpec<'_>, platform: &Platform) -> Result<BootInfo> {
     let cmdline = boot::cmdline(spec.cmdline)?;
     let mem = ram.memory();
     let kernel = kernel::load_kernel(mem, spec.kernel)?;
@@ -110,9 +123,13 @@ pub fn load(ram: &GuestRam, spec: &BootSpec<'_>, cpus: u32) -> Result<BootInfo> 
         }
         None => None,
     };
-    mptable::write(mem, cpus)?;
+    mptable::write(mem, platform.cpus)?;
+    let rsdp = match &platform.acpi {
+        Some(config) => Some(acpi::write(mem, config)?),
+        None => None,
+    };
     let map = e820::memory_map(&ram.ranges());
-    let boot_info = boot::write_boot_info(mem, &kernel, &cmdline, initramfs, &map)?;
+    let boot_info = boot::write_boot_info(mem, &kernel, &cmdline, initramfs, &map, rsdp)?;
     Ok(BootInfo {
         kernel,
         initramfs,
