@@ -10,7 +10,7 @@ if [ ! -e /dev/kvm ]; then
 fi
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
-pkgs=(linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils lz4)
+pkgs=(linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils lz4 e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

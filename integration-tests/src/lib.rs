@@ -63,6 +63,7 @@ impl TinyGuest {
             cpus: 1,
             serial_out: Box::new(serial.clone()),
             acpi: true,
+            disks: Vec::new(),
         })
         .expect("create VM (is /dev/kvm usable?)");
         let mem = vm.ram().memory();

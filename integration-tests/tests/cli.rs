@@ -1,4 +1,4 @@
-//! The kvmkit command line: bad flags, bad sizes and unusable kernel or initramfs files give one
+//! The kvmkit command line: bad flags, bad sizes and unusable kernel, initramfs or disk files give one
 //! line on stderr and exit code 2; --help and --version exit 0.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -47,6 +47,8 @@ fn help_and_version() {
         "--memory",
         "--cpus",
         "--serial",
+        "--acpi",
+        "--disk",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
     }
@@ -138,4 +140,32 @@ fn initramfs_missing_or_larger_than_ram() {
     let out = kvmkit(&["--kernel", k, "--initramfs", s(&big), "--memory", "48M"]);
     std::fs::remove_file(&big).unwrap();
     assert_bad_input(&out, "does not fit in guest memory");
+}
+
+#[test]
+fn unusable_disks() {
+    let k = scratch("disk-k", b"x");
+    let k = s(&k);
+    assert_bad_input(
+        &kvmkit(&["--kernel", k, "--disk", "/some/file.img"]),
+        "invalid --disk '/some/file.img'",
+    );
+    assert_bad_input(
+        &kvmkit(&["--kernel", k, "--disk", "path=x.img,readonly=perhaps"]),
+        "readonly is on or off",
+    );
+    assert_bad_input(
+        &kvmkit(&["--kernel", k, "--disk", "path=/nonexistent/disk.img"]),
+        "cannot open disk image /nonexistent/disk.img",
+    );
+    let dir = std::env::temp_dir();
+    assert_bad_input(
+        &kvmkit(&["--kernel", k, "--disk", &format!("path={}", s(&dir))]),
+        "is not a regular file",
+    );
+    let odd = scratch("odd.img", &[0u8; 1000]);
+    assert_bad_input(
+        &kvmkit(&["--kernel", k, "--disk", &format!("path={}", s(&odd))]),
+        "is 1000 bytes, not a multiple of 512",
+    );
 }

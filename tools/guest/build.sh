@@ -96,12 +96,15 @@ dir /dev 0755 0 0
 nod /dev/console 0600 0 0 c 5 1
 dir /proc 0755 0 0
 dir /sys 0755 0 0
+dir /mnt 0755 0 0
 file /init $init_work/init 0755 0 0
 LIST
 "$cache/gen_init_cpio" "$init_work/initramfs.list" > "$out/initramfs.cpio"
+# The init on its own too, for root filesystem images (integration-tests put it on an ext4 image).
+cp "$init_work/init" "$out/init"
 rm -rf "$init_work"
 for f in vmlinux bzImage config version; do
   cp "$cache/$f" "$out/$f"
 done
 cp "$here/cmdline.txt" "$out/cmdline.txt"
-echo "guest: ready in $out (vmlinux, bzImage, initramfs.cpio, cmdline.txt)" >&2
+echo "guest: ready in $out (vmlinux, bzImage, initramfs.cpio, init, cmdline.txt)" >&2

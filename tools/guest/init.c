@@ -5,16 +5,32 @@
  * the wall-clock time and (from /proc/cpuinfo) the number of CPUs, prints one marker line with the
  * answers on /dev/console, and reboots the guest, or powers it off if the kernel command line has
  * `kvmkit_init=poweroff` (the kernel hands such `name=value` words to init as environment variables).
+ *
+ * `kvmkit_init=disk` (or `disk-then-hang`) also exercises the virtio disks before that: it reports each
+ * disk's size, serial and read-only flag from sysfs, mounts /dev/vda (ext4) on /mnt, prints hello.txt from
+ * it, writes guest-wrote.txt and syncs, and tries to open /dev/vdb for writing. `disk-then-hang` then
+ * prints KVMKIT-DISK-SYNCED and spins instead of rebooting (the host kills kvmkit). `kvmkit_init=rootdisk`
+ * is for a root filesystem on /dev/vda: it prints /hello.txt from it. `kvmkit_init=blkbench` measures
+ * /dev/vda (O_DIRECT: sequential 1 MiB writes and reads over 32 MiB, then 4 KiB reads at pseudo-random
+ * offsets) and prints KVMKIT-BLKBENCH with the rates (tools/bench-blk compares VMMs with it).
  * Built with -nostdlib: no libc, so the initramfs stays a few KB (unpacking is emulated and slow).
  */
 #define SYS_read 0
 #define SYS_write 1
+#define SYS_pread64 17
+#define SYS_pwrite64 18
 #define SYS_open 2
+#define SYS_close 3
+#define SYS_fsync 74
+#define SYS_pause 34
 #define SYS_getpid 39
 #define SYS_uname 63
+#define SYS_sync 162
 #define SYS_mount 165
+#define SYS_umount2 166
 #define SYS_reboot 169
 #define SYS_time 201
+#define SYS_clock_gettime 228
 
 #define LINUX_REBOOT_MAGIC1 0xfee1deadL
 #define LINUX_REBOOT_MAGIC2 672274793L
@@ -83,6 +99,168 @@ static void put_num(long v)
 	put(&buf[i]);
 }
 
+/* Writes the line built so far (plus a newline) to fd and starts a new one. */
+static void say(long fd)
+{
+	put("\n");
+	sys3(SYS_write, fd, (long)line, used);
+	used = 0;
+}
+
+/* Reads up to n-1 bytes of a file into buf, NUL-terminated; returns the length or a -errno. */
+static long slurp(const char *path, char *buf, unsigned long n)
+{
+	long fd = sys3(SYS_open, (long)path, 0 /* O_RDONLY */, 0);
+	if (fd < 0)
+		return fd;
+	unsigned long got = 0;
+	for (;;) {
+		long r = sys3(SYS_read, fd, (long)buf + got, n - 1 - got);
+		if (r <= 0)
+			break;
+		got += r;
+	}
+	sys3(SYS_close, fd, 0, 0);
+	/* Drop a trailing newline: the value goes into a marker line. */
+	while (got > 0 && (buf[got - 1] == '\n' || buf[got - 1] == ' '))
+		got--;
+	buf[got] = 0;
+	return got;
+}
+
+static char small[256];
+
+/* "KVMKIT-DISK name=vdX sectors=N serial=S ro=R" from sysfs, if the disk exists. */
+static void report_disk(long out, const char *name)
+{
+	static char path[64];
+	const char *labels[] = { " sectors=", " serial=", " ro=" };
+	put("KVMKIT-DISK name=");
+	put(name);
+	for (int k = 0; k < 3; k++) {
+		unsigned long p = 0;
+		const char *parts[] = { "/sys/block/", name, k == 0 ? "/size" : k == 1 ? "/serial" : "/ro" };
+		for (int i = 0; i < 3; i++)
+			for (const char *c = parts[i]; *c; c++)
+				path[p++] = *c;
+		path[p] = 0;
+		put(labels[k]);
+		if (slurp(path, small, sizeof(small)) < 0)
+			put("?");
+		else
+			put(small);
+	}
+	say(out);
+}
+
+static void disk_checks(long out)
+{
+	sys5(SYS_mount, (long)"devtmpfs", (long)"/dev", (long)"devtmpfs", 0, 0);
+	sys5(SYS_mount, (long)"sysfs", (long)"/sys", (long)"sysfs", 0, 0);
+	report_disk(out, "vda");
+	report_disk(out, "vdb");
+	long m = sys5(SYS_mount, (long)"/dev/vda", (long)"/mnt", (long)"ext4", 0, 0);
+	put("KVMKIT-DISK-MOUNT ret=");
+	put_num(m);
+	say(out);
+	if (m == 0) {
+		put("KVMKIT-DISK-READ ");
+		if (slurp("/mnt/hello.txt", small, sizeof(small)) < 0)
+			put("?");
+		else
+			put(small);
+		say(out);
+		/* O_WRONLY|O_CREAT|O_TRUNC */
+		long fd = sys3(SYS_open, (long)"/mnt/guest-wrote.txt", 01 | 0100 | 01000, 0644);
+		const char *text = "written by the kvmkit guest\n";
+		long w = fd < 0 ? fd : sys3(SYS_write, fd, (long)text, len(text));
+		long f = fd < 0 ? fd : sys3(SYS_fsync, fd, 0, 0);
+		if (fd >= 0)
+			sys3(SYS_close, fd, 0, 0);
+		sys3(SYS_sync, 0, 0, 0);
+		long u = sys3(SYS_umount2, (long)"/mnt", 0, 0);
+		put("KVMKIT-DISK-WRITE write=");
+		put_num(w);
+		put(" fsync=");
+		put_num(f);
+		put(" umount=");
+		put_num(u);
+		say(out);
+	}
+	long ro = sys3(SYS_open, (long)"/dev/vdb", 01 /* O_WRONLY */, 0);
+	put("KVMKIT-DISK-RO open=");
+	put_num(ro);
+	if (ro >= 0) {
+		long w = sys3(SYS_write, ro, (long)line, 512);
+		long f = sys3(SYS_fsync, ro, 0, 0);
+		put(" write=");
+		put_num(w);
+		put(" fsync=");
+		put_num(f);
+	}
+	say(out);
+}
+
+struct timespec64 {
+	long sec, nsec;
+};
+
+static long now_ns(void)
+{
+	struct timespec64 t;
+	sys3(SYS_clock_gettime, 1 /* CLOCK_MONOTONIC */, (long)&t, 0);
+	return t.sec * 1000000000L + t.nsec;
+}
+
+static char bench_buf[1 << 20] __attribute__((aligned(4096)));
+
+/* MB/s (MiB per second) for `bytes` in `ns`. */
+static long rate(long bytes, long ns)
+{
+	return ns > 0 ? (bytes / 1024) * 1000000L / (ns / 1000) / 1024 : -1;
+}
+
+static void blk_bench(long out)
+{
+	const long total = 32L << 20, chunk = 1L << 20;
+	sys5(SYS_mount, (long)"devtmpfs", (long)"/dev", (long)"devtmpfs", 0, 0);
+	long fd = sys3(SYS_open, (long)"/dev/vda", 02 | 040000 /* O_RDWR|O_DIRECT */, 0);
+	put("KVMKIT-BLKBENCH");
+	if (fd < 0) {
+		put(" error=");
+		put_num(fd);
+		say(out);
+		return;
+	}
+	for (unsigned long i = 0; i < sizeof(bench_buf); i++)
+		bench_buf[i] = (char)(i * 7);
+	long bad = 0, t0 = now_ns();
+	for (long off = 0; off < total; off += chunk)
+		bad |= sys4(SYS_pwrite64, fd, (long)bench_buf, chunk, off) != chunk;
+	bad |= sys3(SYS_fsync, fd, 0, 0) != 0;
+	long t1 = now_ns();
+	for (long off = 0; off < total; off += chunk)
+		bad |= sys4(SYS_pread64, fd, (long)bench_buf, chunk, off) != chunk;
+	long t2 = now_ns();
+	const long reads = 2000;
+	unsigned long x = 12345;
+	for (long i = 0; i < reads; i++) {
+		x = x * 6364136223846793005UL + 1442695040888963407UL;
+		long off = (long)((x >> 33) % (unsigned long)(total / 4096)) * 4096;
+		bad |= sys4(SYS_pread64, fd, (long)bench_buf, 4096, off) != 4096;
+	}
+	long t3 = now_ns();
+	put(" seq_write_mibps=");
+	put_num(rate(total, t1 - t0));
+	put(" seq_read_mibps=");
+	put_num(rate(total, t2 - t1));
+	put(" rand_read_4k_iops=");
+	put_num(t3 > t2 ? reads * 1000000000L / (t3 - t2) : -1);
+	put(" errors=");
+	put_num(bad);
+	say(out);
+}
+
 static struct utsname uts;
 static char cpuinfo[65536];
 
@@ -133,6 +311,10 @@ void init_main(long *sp)
 {
 	char **envp = (char **)(sp + 1 + sp[0] + 1);
 	int power_off = has_env(envp, "kvmkit_init=poweroff");
+	int disk = has_env(envp, "kvmkit_init=disk");
+	int hang = has_env(envp, "kvmkit_init=disk-then-hang");
+	int rootdisk = has_env(envp, "kvmkit_init=rootdisk");
+	int blkbench = has_env(envp, "kvmkit_init=blkbench");
 	long fd = sys3(SYS_open, (long)"/dev/console", 2 /* O_RDWR */, 0);
 	if (fd < 0)
 		fd = 1;
@@ -148,8 +330,22 @@ void init_main(long *sp)
 	put_num(sys3(SYS_time, 0, 0, 0));
 	put(" cpus=");
 	put_num(count_cpus());
-	put("\n");
-	sys3(SYS_write, fd, (long)line, used);
+	say(fd);
+	if (disk || hang)
+		disk_checks(fd);
+	if (blkbench)
+		blk_bench(fd);
+	if (rootdisk) {
+		put("KVMKIT-ROOT-READ ");
+		put(slurp("/hello.txt", small, sizeof(small)) < 0 ? "?" : small);
+		say(fd);
+	}
+	if (hang) {
+		put("KVMKIT-DISK-SYNCED");
+		say(fd);
+		for (;;)
+			sys3(SYS_pause, 0, 0, 0);
+	}
 	/* Default: restart (reboot=k on the command line makes that an i8042 reset). Power-off needs
 	 * ACPI (S5 through the FADT's sleep control register); without it the kernel just halts. */
 	sys4(SYS_reboot, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2,

@@ -18,6 +18,7 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    crate::logger::init();
     // A panic in kvmkit itself (not the guest) still ends with the terminal restored (the panic hook)
     // and a documented exit code; the vCPU threads report their own panics as outcomes.
     std::panic::catch_unwind(|| app(args)).unwrap_or(EXIT_GUEST_ERROR)
@@ -47,6 +48,7 @@ fn build_error_code(e: &vm::Error) -> i32 {
     match e {
         vm::Error::Memory(R::TooSmall(_) | R::TooLarge(_) | R::Unaligned(_)) => EXIT_BAD_INPUT,
         vm::Error::Accel(accel::Error::VcpuId { .. }) => EXIT_BAD_INPUT,
+        vm::Error::Disk(_) => EXIT_BAD_INPUT,
         vm::Error::Machine(
             M::Open { .. }
             | M::KernelFormat(_)
@@ -92,6 +94,15 @@ fn boot(config: VmConfig) -> i32 {
         cpus: config.cpus,
         serial_out,
         acpi: config.acpi,
+        disks: config
+            .disks
+            .iter()
+            .map(|d| virtio_devices::BlockConfig {
+                path: d.path.clone(),
+                read_only: d.read_only,
+                serial: d.serial.clone(),
+            })
+            .collect(),
     }) {
         Ok(vm) => vm,
         Err(e) => return fail(build_error_code(&e), &e),

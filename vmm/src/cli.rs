@@ -1,12 +1,12 @@
 //! The command line, in Cloud Hypervisor's shape: `--kernel`, `--initramfs`, `--cmdline`, `--memory`,
-//! `--cpus`, `--serial`, `--acpi`.
+//! `--cpus`, `--serial`, `--acpi`, `--disk`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Arg, ArgAction, Command};
 
-use crate::config::{self, DEFAULT_CMDLINE, SerialMode, VmConfig};
+use crate::config::{self, DEFAULT_CMDLINE, DiskConfig, SerialMode, VmConfig};
 
 /// The largest `--cpus` accepted (the limit of the xAPIC ids the MP table can name).
 pub const MAX_CPUS: u32 = machine::mptable::MAX_CPUS;
@@ -95,6 +95,13 @@ fn command() -> Command {
                      and no ACPI power-off)",
                 ),
         )
+        .arg(
+            Arg::new("disk")
+                .long("disk")
+                .value_name("path=FILE[,readonly=on][,serial=ID]")
+                .action(ArgAction::Append)
+                .help("A virtio-blk disk on a raw image (repeatable: vda, vdb, ...)"),
+        )
         .disable_version_flag(true)
         .arg(
             Arg::new("version")
@@ -143,6 +150,11 @@ where
         cpus: config::parse_cpus(&get("cpus"), MAX_CPUS)?,
         serial: get("serial").parse::<SerialMode>()?,
         acpi: get("acpi") == "on",
+        disks: m
+            .get_many::<String>("disk")
+            .unwrap_or_default()
+            .map(|d| d.parse::<DiskConfig>())
+            .collect::<Result<_, _>>()?,
     };
     Ok(Action::Run(config))
 }
@@ -170,6 +182,17 @@ mod tests {
         let c = run(&[
             "--kernel",
             "k",
+            "--disk",
+            "path=a",
+            "--disk",
+            "path=b,readonly=on",
+        ])
+        .unwrap();
+        assert_eq!(c.disks.len(), 2);
+        assert!(c.disks[1].read_only);
+        let c = run(&[
+            "--kernel",
+            "k",
             "--memory",
             "1G",
             "--serial",
@@ -193,6 +216,7 @@ mod tests {
             &["--kernel", "k", "--cpus", "0"][..],
             &["--kernel", "k", "--serial", "tcp"][..],
             &["--kernel", "k", "--acpi", "maybe"][..],
+            &["--kernel", "k", "--disk", "a.img"][..],
         ] {
             let e = run(args).unwrap_err().to_string();
             assert!(!e.contains('\n') && !e.is_empty(), "{args:?}: {e}");

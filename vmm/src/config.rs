@@ -21,6 +21,9 @@ pub enum Error {
     /// A `--serial` value that is not `stdio`, `off` or `file=PATH`.
     #[error("invalid --serial '{0}': expected stdio, off or file=PATH")]
     Serial(String),
+    /// A `--disk` value that does not parse.
+    #[error("invalid --disk '{0}': {1}; expected path=FILE[,readonly=on|off][,serial=ID]")]
+    Disk(String, &'static str),
     /// Guest memory larger than the host's.
     #[error("guest memory {req} MiB is more than the host's {host} MiB", req = .0 >> 20, host = .1 >> 20)]
     MoreThanHost(u64, u64),
@@ -52,6 +55,61 @@ impl std::str::FromStr for SerialMode {
     }
 }
 
+/// A virtio-blk disk: `path=FILE[,readonly=on|off][,serial=ID]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The raw image file.
+    pub path: PathBuf,
+    /// Open it read-only; the guest's writes fail.
+    pub read_only: bool,
+    /// The serial the guest sees (at most 20 bytes).
+    pub serial: Option<String>,
+}
+
+/// The longest disk serial virtio-blk can carry.
+pub const MAX_SERIAL_LEN: usize = 20;
+
+impl std::str::FromStr for DiskConfig {
+    type Err = Error;
+
+    /// ```
+    /// use kvmkit::config::DiskConfig;
+    /// let d: DiskConfig = "path=/img/root.ext4,readonly=on,serial=root".parse().unwrap();
+    /// assert_eq!((d.path.to_str(), d.read_only, d.serial.as_deref()), (Some("/img/root.ext4"), true, Some("root")));
+    /// assert!("readonly=on".parse::<DiskConfig>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let err = |why| Error::Disk(s.to_owned(), why);
+        let (mut path, mut read_only, mut serial) = (None, false, None);
+        for item in s.split(',') {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| err("each item is key=value"))?;
+            match key {
+                "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
+                "path" => return Err(err("empty path")),
+                "readonly" | "ro" => {
+                    read_only = match value {
+                        "on" | "true" => true,
+                        "off" | "false" => false,
+                        _ => return Err(err("readonly is on or off")),
+                    }
+                }
+                "serial" if value.len() <= MAX_SERIAL_LEN && value.is_ascii() => {
+                    serial = Some(value.to_owned())
+                }
+                "serial" => return Err(err("serial is at most 20 ASCII characters")),
+                _ => return Err(err("unknown key")),
+            }
+        }
+        Ok(Self {
+            path: path.ok_or_else(|| err("path= is missing"))?,
+            read_only,
+            serial,
+        })
+    }
+}
+
 /// A VM to boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -69,6 +127,8 @@ pub struct VmConfig {
     pub serial: SerialMode,
     /// Whether the guest gets ACPI tables (and with them an ACPI power-off) besides the MP table.
     pub acpi: bool,
+    /// virtio-blk disks, in order (the guest sees vda, vdb, ...).
+    pub disks: Vec<DiskConfig>,
 }
 
 /// Parses a size like `256M`, `1G`, `512MiB`, `4096K` or a plain byte count (binary units).
@@ -133,5 +193,26 @@ mod tests {
         );
         assert!("file=".parse::<SerialMode>().is_err());
         assert!("tcp".parse::<SerialMode>().is_err());
+    }
+
+    #[test]
+    fn disks() {
+        let d: DiskConfig = "path=a.img".parse().unwrap();
+        assert_eq!((d.read_only, d.serial), (false, None));
+        for bad in [
+            "",
+            "a.img",
+            "path=",
+            "path=a,readonly=maybe",
+            "path=a,serial=123456789012345678901",
+            "path=a,color=red",
+            "serial=x",
+        ] {
+            let e = bad.parse::<DiskConfig>().unwrap_err().to_string();
+            assert!(
+                e.starts_with("invalid --disk") && !e.contains('\n'),
+                "{bad}: {e}"
+            );
+        }
     }
 }

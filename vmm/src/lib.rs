@@ -9,6 +9,8 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod devices;
+pub mod logger;
 pub mod outcome;
 pub mod run;
 pub mod signals;

@@ -123,6 +123,7 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
         power_off,
         panicked,
         acpi: _,
+        virtio: _,
     } = vm;
     // The VM's fd (and with it the irqfds) and its RAM must outlive every vCPU thread: the event-loop
     // thread owns them and drops them only after it has stopped the vCPUs.

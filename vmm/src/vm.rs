@@ -10,12 +10,14 @@ use legacy::{
     ACPI_POWER, CMOS, COM1, COM1_IRQ, I8042, I8042_COMMAND, I8042_DATA, PortRange, PowerRegisters,
     Rtc, Serial,
 };
-use machine::acpi::{AcpiConfig, IsaDevice, IsaKind, PowerPorts};
+use machine::acpi::{AcpiConfig, IsaDevice, IsaKind, MmioDevice, PowerPorts};
 use machine::{BootInfo, BootSpec, Platform};
-use memory::GuestRam;
+use memory::{Allocator, GuestRam};
+use virtio_devices::{Block, BlockConfig};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
 use crate::console::ConsoleOutput;
+use crate::devices::{VirtioSlot, add_device};
 use crate::vcpu::Buses;
 
 /// Errors from building a VM.
@@ -36,6 +38,15 @@ pub enum Error {
     /// An eventfd could not be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    /// A disk image cannot be used.
+    #[error(transparent)]
+    Disk(#[from] virtio_devices::block::disk::Error),
+    /// No device window or interrupt line is left.
+    #[error("cannot place a device: {0}")]
+    Allocate(#[from] memory::AllocError),
+    /// A virtio transport could not be created.
+    #[error(transparent)]
+    Virtio(#[from] virtio::mmio::Error),
 }
 
 /// What a VM is made of.
@@ -48,6 +59,8 @@ pub struct VmConfig {
     pub serial_out: Box<dyn Write + Send>,
     /// ACPI: the power registers on the port bus, and ACPI tables for a kernel to boot with.
     pub acpi: bool,
+    /// virtio-blk disks (the guest sees vda, vdb, ...).
+    pub disks: Vec<BlockConfig>,
 }
 
 /// A VM ready to run: memory registered, devices on the buses, vCPUs created.
@@ -62,6 +75,7 @@ pub struct Vm {
     pub(crate) power_off: EventFd,
     pub(crate) panicked: Arc<AtomicBool>,
     pub(crate) acpi: bool,
+    pub(crate) virtio: Vec<VirtioSlot>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -75,9 +89,23 @@ impl std::fmt::Debug for Vm {
     }
 }
 
+/// The guest's name for disk `i`: vda, vdb, ..., vdz, vdaa, ...
+fn disk_name(i: usize) -> String {
+    let mut name = String::new();
+    let mut n = i;
+    loop {
+        name.insert(0, char::from(b'a' + (n % 26) as u8));
+        if n < 26 {
+            break;
+        }
+        n = n / 26 - 1;
+    }
+    format!("vd{name}")
+}
+
 /// What the ACPI tables say about this VM: its vCPUs, the legacy devices [`Vm::new`] puts on the
-/// port bus, and the power registers.
-fn acpi_config(cpus: u32) -> AcpiConfig {
+/// port bus, the virtio-mmio devices and the power registers.
+fn acpi_config(cpus: u32, virtio: &[VirtioSlot]) -> AcpiConfig {
     let ports = |r: PortRange| (r.base, r.len as u8);
     AcpiConfig {
         cpus,
@@ -98,7 +126,14 @@ fn acpi_config(cpus: u32) -> AcpiConfig {
                 irq: None,
             },
         ],
-        virtio_mmio: Vec::new(),
+        virtio_mmio: virtio
+            .iter()
+            .map(|s| MmioDevice {
+                base: s.base,
+                size: virtio::mmio::WINDOW_SIZE as u32,
+                irq: s.irq,
+            })
+            .collect(),
         power: PowerPorts {
             sleep_control: ACPI_POWER.base + legacy::power::SLEEP_CONTROL,
             sleep_status: ACPI_POWER.base + legacy::power::SLEEP_STATUS,
@@ -115,7 +150,8 @@ fn eventfd() -> Result<EventFd, Error> {
 
 impl Vm {
     /// Creates the VM: opens KVM, maps and registers RAM, puts COM1, the i8042, the RTC and (with
-    /// ACPI) the power registers on the port bus, and creates the vCPUs (not yet configured).
+    /// ACPI) the power registers on the port bus, the disks on the MMIO bus, and creates the vCPUs
+    /// (not yet configured).
     pub fn new(config: VmConfig) -> Result<Self, Error> {
         let kvm = Kvm::new()?;
         let mut vm = kvm.create_vm()?;
@@ -147,6 +183,19 @@ impl Vm {
             add(Arc::new(Mutex::new(power)), ACPI_POWER)?;
         }
 
+        let mut allocator = Allocator::new();
+        let mut virtio = Vec::new();
+        for (i, disk) in config.disks.iter().enumerate() {
+            let block = Block::new(&disk_name(i), disk)?;
+            virtio.push(add_device(
+                &vm,
+                ram.memory(),
+                &mut buses.mmio,
+                &mut allocator,
+                Box::new(block),
+            )?);
+        }
+
         let vcpus = (0..u64::from(config.cpus))
             .map(|id| vm.create_vcpu(id))
             .collect::<Result<Vec<_>, _>>()?;
@@ -161,6 +210,7 @@ impl Vm {
             power_off,
             panicked,
             acpi: config.acpi,
+            virtio,
         })
     }
 
@@ -170,9 +220,21 @@ impl Vm {
         let cpus = self.vcpus.len() as u32;
         let platform = Platform {
             cpus,
-            acpi: self.acpi.then(|| acpi_config(cpus)),
+            acpi: self.acpi.then(|| acpi_config(cpus, &self.virtio)),
         };
-        let boot = machine::load(&self.ram, spec, &platform)?;
+        // Without ACPI the kernel learns of the virtio devices from its command line.
+        let mut cmdline = spec.cmdline.to_owned();
+        if !self.acpi {
+            for slot in &self.virtio {
+                cmdline.push(' ');
+                cmdline.push_str(&virtio::cmdline_device(slot.base, slot.irq));
+            }
+        }
+        let spec = BootSpec {
+            cmdline: &cmdline,
+            ..*spec
+        };
+        let boot = machine::load(&self.ram, &spec, &platform)?;
         for vcpu in &self.vcpus {
             let bsp = (vcpu.id() == 0).then_some(&boot);
             machine::configure_vcpu(&self.kvm, vcpu, &self.ram, cpus, bsp)?;

@@ -85,6 +85,14 @@ impl Vm {
             .map_err(Error::ioctl("KVM_IRQFD"))
     }
 
+    /// Makes a 4-byte guest write of `datamatch` to MMIO address `addr` signal `event` inside KVM
+    /// (`KVM_IOEVENTFD`): the vCPU does not exit to userspace for it.
+    pub fn register_ioeventfd(&self, event: &EventFd, addr: u64, datamatch: u32) -> Result<()> {
+        self.fd
+            .register_ioevent(event, &kvm_ioctls::IoEventAddress::Mmio(addr), datamatch)
+            .map_err(Error::ioctl("KVM_IOEVENTFD"))
+    }
+
     /// Sets interrupt line `gsi` to `level` (`KVM_IRQ_LINE`).
     pub fn set_irq_line(&self, gsi: u32, level: bool) -> Result<()> {
         self.fd

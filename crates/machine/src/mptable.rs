@@ -16,8 +16,9 @@ pub const APIC_DEFAULT_BASE: u32 = 0xfee0_0000;
 pub const IOAPIC_DEFAULT_BASE: u32 = 0xfec0_0000;
 /// The most vCPUs an MP table can describe: APIC ids are 8 bits and one id goes to the IOAPIC.
 pub const MAX_CPUS: u32 = 254;
-/// ISA interrupts routed 1:1 to IOAPIC pins.
-const ISA_IRQS: u8 = 16;
+/// Interrupts routed 1:1 to IOAPIC pins: every pin of the IOAPIC, so devices given lines above the
+/// 16 ISA ones (virtio-mmio, announced on the command line) reach the guest too.
+const ROUTED_IRQS: u8 = 24;
 
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;
@@ -90,7 +91,7 @@ pub fn build(base: u64, cpus: u32) -> Result<Vec<u8>> {
         .u8(1) // usable
         .u32(IOAPIC_DEFAULT_BASE);
     count += 1;
-    for irq in 0..ISA_IRQS {
+    for irq in 0..ROUTED_IRQS {
         // I/O interrupt entry: ISA IRQ n -> IOAPIC pin n, bus-default polarity and trigger.
         entries
             .u8(3)
@@ -180,7 +181,7 @@ mod tests {
             assert_eq!(len, table.len());
             assert_eq!(sum(table), 0, "table checksum");
             let entries = u16::from_le_bytes([table[34], table[35]]) as u32;
-            assert_eq!(entries, cpus + 1 + 1 + 16 + 2);
+            assert_eq!(entries, cpus + 1 + 1 + 24 + 2);
             // Processor entries: ids 0..cpus, only the first is the BSP.
             let cpu1 = &table[44..64];
             assert_eq!(

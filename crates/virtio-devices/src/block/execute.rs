@@ -1,0 +1,384 @@
+//! Carrying out a parsed request on the disk image, and the status the guest gets back.
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+};
+use vm_memory::{Bytes, GuestMemory};
+
+use super::disk::{DiskImage, SECTOR_SIZE};
+use super::request::{Request, RequestType, Segment};
+
+/// Bytes copied between guest memory and the image per step: a guest's 4 GiB buffer never becomes a
+/// 4 GiB allocation.
+const CHUNK: usize = 64 << 10;
+/// The size of one discard / write-zeroes range in the data.
+const RANGE_SIZE: u64 = 16;
+/// The most ranges one discard or write-zeroes request may carry (the config's `max_*_seg`).
+pub const MAX_RANGES: u32 = 16;
+
+/// Why a request failed (the guest gets `VIRTIO_BLK_S_IOERR` or `VIRTIO_BLK_S_UNSUPP`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The sectors are past the end of the disk.
+    #[error("sectors {sector}+{bytes} bytes are past the end of the disk")]
+    OutOfRange {
+        /// The first sector.
+        sector: u64,
+        /// The length.
+        bytes: u64,
+    },
+    /// A read or write is not whole sectors.
+    #[error("data of {0} bytes is not whole sectors")]
+    Unaligned(u64),
+    /// A write to a read-only disk.
+    #[error("write to a read-only disk")]
+    ReadOnly,
+    /// A malformed discard / write-zeroes payload.
+    #[error("bad discard/write-zeroes ranges: {0}")]
+    Ranges(&'static str),
+    /// The type is not implemented.
+    #[error("unsupported request type {0}")]
+    Unsupported(u32),
+    /// Guest memory could not be accessed.
+    #[error("guest memory: {0}")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+    /// The image could not be read or written.
+    #[error("disk image: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// The virtio-blk status for this error.
+    pub fn status(&self) -> u8 {
+        match self {
+            Self::Unsupported(_) => VIRTIO_BLK_S_UNSUPP as u8,
+            _ => STATUS_IOERR,
+        }
+    }
+}
+
+/// The status byte for success.
+pub const STATUS_OK: u8 = VIRTIO_BLK_S_OK as u8;
+/// The status byte for an I/O error (also what a malformed request gets).
+pub const STATUS_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+
+/// Carries out `req`. Returns how many bytes the device wrote into the data buffers (the used
+/// length, without the status byte).
+pub fn execute<M: GuestMemory>(
+    req: &Request,
+    mem: &M,
+    disk: &DiskImage,
+    serial: &[u8],
+) -> Result<u32, Error> {
+    match req.kind {
+        RequestType::In => {
+            let offset = sector_range(req, disk)?;
+            copy_segments(&req.data, offset, |buf, seg_addr, disk_off| {
+                disk.read_at(buf, disk_off)?;
+                mem.write_slice(buf, seg_addr)?;
+                Ok(())
+            })?;
+            // data_len fits: a chain carries less than 2^32 bytes.
+            Ok(u32::try_from(req.data_len).unwrap_or(u32::MAX))
+        }
+        RequestType::Out => {
+            if disk.read_only() {
+                return Err(Error::ReadOnly);
+            }
+            let offset = sector_range(req, disk)?;
+            copy_segments(&req.data, offset, |buf, seg_addr, disk_off| {
+                mem.read_slice(buf, seg_addr)?;
+                disk.write_at(buf, disk_off)?;
+                Ok(())
+            })?;
+            Ok(0)
+        }
+        RequestType::Flush => {
+            disk.flush()?;
+            Ok(0)
+        }
+        RequestType::GetId => {
+            let mut id = [0u8; VIRTIO_BLK_ID_BYTES as usize];
+            let n = serial.len().min(id.len());
+            id[..n].copy_from_slice(&serial[..n]);
+            let mut written = 0usize;
+            for seg in &req.data {
+                let take = (seg.len as usize).min(id.len() - written);
+                mem.write_slice(&id[written..written + take], seg.addr)?;
+                written += take;
+            }
+            Ok(written as u32)
+        }
+        RequestType::Discard | RequestType::WriteZeroes => {
+            if disk.read_only() {
+                return Err(Error::ReadOnly);
+            }
+            for (sector, sectors, flags) in ranges(req, mem)? {
+                let (offset, len) = (sector * SECTOR_SIZE, u64::from(sectors) * SECTOR_SIZE);
+                if !disk.contains(offset, len) {
+                    return Err(Error::OutOfRange { sector, bytes: len });
+                }
+                if req.kind == RequestType::Discard {
+                    disk.discard(offset, len)?;
+                } else {
+                    let unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
+                    disk.write_zeroes(offset, len, unmap)?;
+                }
+            }
+            Ok(0)
+        }
+        RequestType::Unsupported(t) => Err(Error::Unsupported(t)),
+    }
+}
+
+/// The byte offset of an IN/OUT request, checked: whole sectors, inside the disk.
+fn sector_range(req: &Request, disk: &DiskImage) -> Result<u64, Error> {
+    if !req.data_len.is_multiple_of(SECTOR_SIZE) {
+        return Err(Error::Unaligned(req.data_len));
+    }
+    let out_of_range = Error::OutOfRange {
+        sector: req.sector,
+        bytes: req.data_len,
+    };
+    let offset = req.sector.checked_mul(SECTOR_SIZE).ok_or(out_of_range)?;
+    if !disk.contains(offset, req.data_len) {
+        return Err(Error::OutOfRange {
+            sector: req.sector,
+            bytes: req.data_len,
+        });
+    }
+    Ok(offset)
+}
+
+/// Walks the segments in chunks of at most [`CHUNK`] bytes, calling `step(buffer, guest address,
+/// disk offset)` for each.
+fn copy_segments(
+    segments: &[Segment],
+    mut disk_off: u64,
+    mut step: impl FnMut(&mut [u8], vm_memory::GuestAddress, u64) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut buf = vec![0u8; CHUNK];
+    for seg in segments {
+        let mut done = 0usize;
+        let len = seg.len as usize;
+        while done < len {
+            let n = (len - done).min(CHUNK);
+            // Segments were checked to lie inside guest memory, so this cannot overflow.
+            let addr = vm_memory::GuestAddress(seg.addr.0 + done as u64);
+            step(&mut buf[..n], addr, disk_off)?;
+            done += n;
+            disk_off += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// The `(sector, num_sectors, flags)` ranges of a discard or write-zeroes request.
+fn ranges<M: GuestMemory>(req: &Request, mem: &M) -> Result<Vec<(u64, u32, u32)>, Error> {
+    if req.data_len == 0 || !req.data_len.is_multiple_of(RANGE_SIZE) {
+        return Err(Error::Ranges("payload is not whole 16-byte ranges"));
+    }
+    if req.data_len / RANGE_SIZE > u64::from(MAX_RANGES) {
+        return Err(Error::Ranges("too many ranges"));
+    }
+    let mut payload = Vec::with_capacity(req.data_len as usize);
+    for seg in &req.data {
+        let start = payload.len();
+        payload.resize(start + seg.len as usize, 0);
+        mem.read_slice(&mut payload[start..], seg.addr)?;
+    }
+    Ok(payload
+        .chunks_exact(RANGE_SIZE as usize)
+        .map(|r| {
+            let le64 = |b: &[u8]| b.iter().rev().fold(0u64, |a, &x| (a << 8) | u64::from(x));
+            (
+                le64(&r[0..8]),
+                le64(&r[8..12]) as u32,
+                le64(&r[12..16]) as u32,
+            )
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::disk::tests_support::image;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+    }
+
+    fn req(kind: RequestType, sector: u64, data: &[(u64, u32)]) -> Request {
+        Request {
+            kind,
+            sector,
+            data: data
+                .iter()
+                .map(|&(a, l)| Segment {
+                    addr: GuestAddress(a),
+                    len: l,
+                })
+                .collect(),
+            data_len: data.iter().map(|&(_, l)| u64::from(l)).sum(),
+            status: GuestAddress(0x8000),
+        }
+    }
+
+    #[test]
+    fn write_then_read_back_across_segments() {
+        let (_d, p) = image(64 << 10);
+        let disk = DiskImage::open(&p, false).unwrap();
+        let m = mem();
+        let data: Vec<u8> = (0..1024u32).map(|i| i as u8).collect();
+        m.write_slice(&data, GuestAddress(0x1000)).unwrap();
+        let w = req(RequestType::Out, 4, &[(0x1000, 512), (0x1200, 512)]);
+        assert_eq!(execute(&w, &m, &disk, b"").unwrap(), 0);
+        let r = req(RequestType::In, 4, &[(0x4000, 1024)]);
+        assert_eq!(execute(&r, &m, &disk, b"").unwrap(), 1024);
+        let mut back = vec![0u8; 1024];
+        m.read_slice(&mut back, GuestAddress(0x4000)).unwrap();
+        assert_eq!(back, data);
+        let mut on_disk = vec![0u8; 1024];
+        disk.read_at(&mut on_disk, 4 * 512).unwrap();
+        assert_eq!(on_disk, data, "the bytes are in the image file");
+    }
+
+    #[test]
+    fn out_of_range_unaligned_and_overflowing_sectors_are_ioerr() {
+        let (_d, p) = image(4096);
+        let disk = DiskImage::open(&p, false).unwrap();
+        let m = mem();
+        for r in [
+            req(RequestType::In, 8, &[(0x1000, 512)]),
+            req(RequestType::In, 7, &[(0x1000, 1024)]),
+            req(RequestType::Out, u64::MAX / 256, &[(0x1000, 512)]),
+            req(RequestType::In, 0, &[(0x1000, 100)]),
+        ] {
+            let e = execute(&r, &m, &disk, b"").unwrap_err();
+            assert_eq!(e.status(), VIRTIO_BLK_S_IOERR as u8, "{e}");
+        }
+    }
+
+    #[test]
+    fn read_only_disks_refuse_writes_discards_and_zeroes_but_read_and_flush() {
+        let (_d, p) = image(4096);
+        let disk = DiskImage::open(&p, true).unwrap();
+        let m = mem();
+        for kind in [
+            RequestType::Out,
+            RequestType::Discard,
+            RequestType::WriteZeroes,
+        ] {
+            let e = execute(&req(kind, 0, &[(0x1000, 512)]), &m, &disk, b"").unwrap_err();
+            assert!(matches!(e, Error::ReadOnly), "{kind:?}");
+        }
+        execute(&req(RequestType::In, 0, &[(0x1000, 512)]), &m, &disk, b"").unwrap();
+        execute(&req(RequestType::Flush, 0, &[]), &m, &disk, b"").unwrap();
+        let mut b = [0u8; 4096];
+        disk.read_at(&mut b, 0).unwrap();
+        assert!(b.iter().all(|&x| x == 0x5a), "the image is untouched");
+    }
+
+    #[test]
+    fn get_id_is_the_serial_zero_padded() {
+        let (_d, p) = image(4096);
+        let disk = DiskImage::open(&p, true).unwrap();
+        let m = mem();
+        m.write_slice(&[0xff; 20], GuestAddress(0x1000)).unwrap();
+        let n = execute(
+            &req(RequestType::GetId, 0, &[(0x1000, 20)]),
+            &m,
+            &disk,
+            b"disk-7",
+        )
+        .unwrap();
+        assert_eq!(n, 20);
+        let mut id = [0u8; 20];
+        m.read_slice(&mut id, GuestAddress(0x1000)).unwrap();
+        assert_eq!(&id[..6], b"disk-7");
+        assert!(id[6..].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn discard_and_write_zeroes_ranges() {
+        let (_d, p) = image(8192);
+        let disk = DiskImage::open(&p, false).unwrap();
+        let m = mem();
+        let range = |sector: u64, n: u32, flags: u32| {
+            let mut r = sector.to_le_bytes().to_vec();
+            r.extend_from_slice(&n.to_le_bytes());
+            r.extend_from_slice(&flags.to_le_bytes());
+            r
+        };
+        m.write_slice(&range(0, 2, 0), GuestAddress(0x1000))
+            .unwrap();
+        execute(
+            &req(RequestType::Discard, 0, &[(0x1000, 16)]),
+            &m,
+            &disk,
+            b"",
+        )
+        .unwrap();
+        m.write_slice(&range(4, 1, 1), GuestAddress(0x1000))
+            .unwrap();
+        execute(
+            &req(RequestType::WriteZeroes, 0, &[(0x1000, 16)]),
+            &m,
+            &disk,
+            b"",
+        )
+        .unwrap();
+        let mut b = vec![0u8; 8192];
+        disk.read_at(&mut b, 0).unwrap();
+        assert!(b[..1024].iter().all(|&x| x == 0));
+        assert!(b[1024..2048].iter().all(|&x| x == 0x5a));
+        assert!(b[2048..2560].iter().all(|&x| x == 0));
+        // Ranges past the end, short payloads and too many ranges are errors.
+        m.write_slice(&range(15, 2, 0), GuestAddress(0x1000))
+            .unwrap();
+        assert!(
+            execute(
+                &req(RequestType::Discard, 0, &[(0x1000, 16)]),
+                &m,
+                &disk,
+                b""
+            )
+            .is_err()
+        );
+        assert!(
+            execute(
+                &req(RequestType::Discard, 0, &[(0x1000, 15)]),
+                &m,
+                &disk,
+                b""
+            )
+            .is_err()
+        );
+        assert!(
+            execute(
+                &req(RequestType::Discard, 0, &[(0x1000, 16 * 17)]),
+                &m,
+                &disk,
+                b""
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn unsupported_types_say_so() {
+        let (_d, p) = image(4096);
+        let disk = DiskImage::open(&p, false).unwrap();
+        let e = execute(
+            &req(RequestType::Unsupported(99), 0, &[]),
+            &mem(),
+            &disk,
+            b"",
+        )
+        .unwrap_err();
+        assert_eq!(e.status(), VIRTIO_BLK_S_UNSUPP as u8);
+    }
+}

@@ -1,0 +1,74 @@
+//! The trait a virtio device model implements, without knowing the transport under it.
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::Interrupt;
+
+/// A queue the driver set up, handed to the device when the driver is done (DRIVER_OK).
+#[derive(Debug)]
+pub struct ActiveQueue {
+    /// The queue's index.
+    pub index: u16,
+    /// Its state: size, ring addresses, event-index mode.
+    pub queue: Queue,
+    /// Signalled when the driver notifies the queue (an ioeventfd: no exit to userspace).
+    pub kick: EventFd,
+}
+
+/// What a device gets when the driver activates it.
+#[derive(Debug)]
+pub struct Activation {
+    /// Guest memory, where the rings and buffers are.
+    pub mem: GuestMemoryMmap,
+    /// The features the driver accepted.
+    pub features: u64,
+    /// The queues the driver made ready, in index order.
+    pub queues: Vec<ActiveQueue>,
+    /// The device's interrupt.
+    pub interrupt: Arc<Interrupt>,
+}
+
+/// Why a device could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver did not set up a queue the device needs.
+    #[error("virtio: queue {0} is not ready")]
+    QueueNotReady(u16),
+    /// The device's worker could not be started.
+    #[error("virtio: cannot start the device worker: {0}")]
+    Worker(#[source] std::io::Error),
+}
+
+/// A virtio device model: its identity, features, configuration space and queues.
+///
+/// The transport owns the feature negotiation and status state machine and calls
+/// [`VirtioDevice::activate`] once the driver sets DRIVER_OK with valid queues, and
+/// [`VirtioDevice::reset`] when the driver resets the device.
+pub trait VirtioDevice: Send {
+    /// The virtio device id (2 = block, 1 = net, 4 = rng, ...).
+    fn device_type(&self) -> u32;
+
+    /// The largest size of each queue; the number of entries is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// The feature bits the device offers (including `VIRTIO_F_VERSION_1`).
+    fn features(&self) -> u64;
+
+    /// Reads the device configuration space at `offset`. Bytes past its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Writes the device configuration space at `offset`; read-only fields ignore writes.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let _ = (offset, data);
+    }
+
+    /// Starts the device on the queues the driver set up.
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+
+    /// Stops the device (its workers, its queues) and returns it to the state before activation.
+    fn reset(&mut self);
+}
