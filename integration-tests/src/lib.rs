@@ -64,6 +64,7 @@ impl TinyGuest {
             serial_out: Box::new(serial.clone()),
             acpi: true,
             disks: Vec::new(),
+            timeline: Default::default(),
         })
         .expect("create VM (is /dev/kvm usable?)");
         let mem = vm.ram().memory();

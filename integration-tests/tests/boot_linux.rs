@@ -45,6 +45,8 @@ struct Boot {
     acpi: bool,
     /// How the guest ends.
     end: End,
+    /// Ask for `--boot-timeline json` and check it.
+    timeline: bool,
 }
 
 #[derive(PartialEq)]
@@ -65,6 +67,7 @@ impl Boot {
             kvmkit_adds_flags: false,
             acpi: true,
             end: End::RebootI8042,
+            timeline: false,
         }
     }
 }
@@ -105,6 +108,11 @@ fn boot(b: Boot) {
         .args(["--memory", "256M", "--serial", "stdio"])
         .args(["--cpus", &b.cpus.to_string()])
         .args(["--acpi", if b.acpi { "on" } else { "off" }])
+        .args(if b.timeline {
+            &["--boot-timeline", "json"][..]
+        } else {
+            &[]
+        })
         .stdin(Stdio::null())
         .output()
         .expect("run kvmkit");
@@ -167,6 +175,9 @@ fn boot(b: Boot) {
         now()
     );
     assert_eq!(field(marker, "cpus"), i64::from(b.cpus), "{marker}");
+    if b.timeline {
+        check_timeline(&stderr);
+    }
     if b.kvmkit_adds_flags && Path::new("/sys/module/kvm_pvm").exists() {
         assert!(
             stderr.contains("software backend (kvm_pvm); guest command line additions: noxsave"),
@@ -179,9 +190,51 @@ fn boot(b: Boot) {
     }
 }
 
+/// The `--boot-timeline json` line has every event, in the order a boot goes through them.
+fn check_timeline(stderr: &str) {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no timeline JSON on stderr:\n{stderr}"));
+    assert!(line.ends_with('}'), "{line}");
+    let events = [
+        "process_start",
+        "memory_ready",
+        "kernel_loaded",
+        "first_kvm_run",
+        "first_serial_byte",
+        "run_init",
+        "guest_marker",
+        "guest_shutdown",
+        "process_exit",
+    ];
+    let times: Vec<f64> = events
+        .iter()
+        .map(|e| {
+            let key = format!("\"{e}_ms\": ");
+            let at = line
+                .find(&key)
+                .unwrap_or_else(|| panic!("{e} missing: {line}"))
+                + key.len();
+            let value: String = line[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            value.parse().unwrap_or_else(|_| panic!("bad {e}: {line}"))
+        })
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "out of order: {line}"
+    );
+}
+
 #[test]
 fn boots_elf_vmlinux_through_pvh_to_init_with_acpi() {
-    boot(Boot::new("vmlinux"));
+    boot(Boot {
+        timeline: true,
+        ..Boot::new("vmlinux")
+    });
 }
 
 #[test]

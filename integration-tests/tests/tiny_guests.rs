@@ -50,6 +50,27 @@ fn acpi_s5_through_the_sleep_control_register_is_a_power_off() {
 }
 
 #[test]
+fn a_boot_timer_write_marks_the_timeline() {
+    use kvmkit::timeline::Event;
+    let code = [
+        0xb0, 0x01, //       mov al, 1
+        0xba, 0x40, 0x04, // mov dx, 0x440
+        0xee, //             out dx, al
+        0xb0, 0xfe, //       mov al, 0xfe
+        0xe6, 0x64, //       out 0x64, al   ; i8042 reset
+        0xeb, 0xfe, //       jmp $
+    ];
+    let guest = TinyGuest::new(Mode::Real, &code, None);
+    let timeline = guest.vm.timeline().clone();
+    assert_eq!(timeline.get(Event::GuestMarker), None);
+    let (outcome, _) = guest.run();
+    assert_eq!(outcome, Outcome::Reset);
+    let marker = timeline.get(Event::GuestMarker).unwrap();
+    let shutdown = timeline.get(Event::GuestShutdown).unwrap();
+    assert!(timeline.get(Event::FirstKvmRun).unwrap() <= marker && marker <= shutdown);
+}
+
+#[test]
 fn acpi_reset_register_reboots() {
     let code = write_port_and_spin(legacy::ACPI_POWER.base + 2, 1);
     let (outcome, _) = TinyGuest::new(Mode::Real, &code, None).run();

@@ -3,12 +3,14 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::sync::Arc;
 
 use crate::cli::{self, Action};
 use crate::config::{SerialMode, VmConfig};
 use crate::outcome::{EXIT_BAD_INPUT, EXIT_GUEST_ERROR};
 use crate::run::{self, Input};
 use crate::terminal::RawModeGuard;
+use crate::timeline::{Event, Format, Timeline};
 use crate::vm::{self, Vm};
 
 /// Runs kvmkit with `args` (program name first) and returns the process exit code.
@@ -19,18 +21,29 @@ where
 {
     let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
     crate::logger::init();
+    let timeline = Arc::new(Timeline::new());
     // A panic in kvmkit itself (not the guest) still ends with the terminal restored (the panic hook)
     // and a documented exit code; the vCPU threads report their own panics as outcomes.
-    std::panic::catch_unwind(|| app(args)).unwrap_or(EXIT_GUEST_ERROR)
+    std::panic::catch_unwind(|| app(args, timeline)).unwrap_or(EXIT_GUEST_ERROR)
 }
 
-fn app(args: Vec<std::ffi::OsString>) -> i32 {
+fn app(args: Vec<std::ffi::OsString>, timeline: Arc<Timeline>) -> i32 {
     match cli::parse(args) {
         Ok(Action::Print(text)) => {
             print!("{text}");
             0
         }
-        Ok(Action::Run(config)) => boot(config),
+        Ok(Action::Run(config)) => {
+            let format = config.boot_timeline;
+            let code = boot(config, timeline.clone());
+            timeline.mark(Event::ProcessExit);
+            match format {
+                Some(Format::Table) => eprint!("{}", timeline.table()),
+                Some(Format::Json) => eprintln!("{}", timeline.json()),
+                None => {}
+            }
+            code
+        }
         Err(e) => fail(EXIT_BAD_INPUT, &e),
     }
 }
@@ -67,7 +80,7 @@ fn host_memory() -> Option<u64> {
     Some(kib << 10)
 }
 
-fn boot(config: VmConfig) -> i32 {
+fn boot(config: VmConfig, timeline: Arc<Timeline>) -> i32 {
     if let Some(host) = host_memory()
         && config.memory > host
     {
@@ -103,6 +116,7 @@ fn boot(config: VmConfig) -> i32 {
                 serial: d.serial.clone(),
             })
             .collect(),
+        timeline,
     }) {
         Ok(vm) => vm,
         Err(e) => return fail(build_error_code(&e), &e),

@@ -1,5 +1,5 @@
 //! The command line, in Cloud Hypervisor's shape: `--kernel`, `--initramfs`, `--cmdline`, `--memory`,
-//! `--cpus`, `--serial`, `--acpi`, `--disk`.
+//! `--cpus`, `--serial`, `--acpi`, `--disk`, `--boot-timeline`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -102,6 +102,15 @@ fn command() -> Command {
                 .action(ArgAction::Append)
                 .help("A virtio-blk disk on a raw image (repeatable: vda, vdb, ...)"),
         )
+        .arg(
+            Arg::new("boot-timeline")
+                .long("boot-timeline")
+                .value_name("table|json")
+                .num_args(0..=1)
+                .default_missing_value("table")
+                .value_parser(["table", "json"])
+                .help("At exit, print when each boot phase happened (stderr): a table, or one JSON line"),
+        )
         .disable_version_flag(true)
         .arg(
             Arg::new("version")
@@ -155,6 +164,12 @@ where
             .unwrap_or_default()
             .map(|d| d.parse::<DiskConfig>())
             .collect::<Result<_, _>>()?,
+        boot_timeline: m
+            .get_one::<String>("boot-timeline")
+            .map(|f| match f.as_str() {
+                "json" => crate::timeline::Format::Json,
+                _ => crate::timeline::Format::Table,
+            }),
     };
     Ok(Action::Run(config))
 }
@@ -189,6 +204,20 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.disks.len(), 2);
+        assert_eq!(c.boot_timeline, None);
+        let t = |v: &[&str]| {
+            run(&[&["--kernel", "k"], v].concat())
+                .unwrap()
+                .boot_timeline
+        };
+        assert_eq!(
+            t(&["--boot-timeline"]),
+            Some(crate::timeline::Format::Table)
+        );
+        assert_eq!(
+            t(&["--boot-timeline", "json"]),
+            Some(crate::timeline::Format::Json)
+        );
         assert!(c.disks[1].read_only);
         let c = run(&[
             "--kernel",
@@ -217,6 +246,7 @@ mod tests {
             &["--kernel", "k", "--serial", "tcp"][..],
             &["--kernel", "k", "--acpi", "maybe"][..],
             &["--kernel", "k", "--disk", "a.img"][..],
+            &["--kernel", "k", "--boot-timeline", "xml"][..],
         ] {
             let e = run(args).unwrap_err().to_string();
             assert!(!e.contains('\n') && !e.is_empty(), "{args:?}: {e}");

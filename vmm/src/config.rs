@@ -129,6 +129,8 @@ pub struct VmConfig {
     pub acpi: bool,
     /// virtio-blk disks, in order (the guest sees vda, vdb, ...).
     pub disks: Vec<DiskConfig>,
+    /// Print the boot timeline on stderr at exit, in this format.
+    pub boot_timeline: Option<crate::timeline::Format>,
 }
 
 /// Parses a size like `256M`, `1G`, `512MiB`, `4096K` or a plain byte count (binary units).

@@ -5,45 +5,93 @@ use std::io::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::timeline::{Event, Timeline};
+
 /// What the Linux kernel prints when it panics.
 const PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
+/// What the Linux kernel prints when it starts userspace (`Run /init as init process`).
+const RUN_INIT_MARKER: &[u8] = b" as init process";
+/// What the tools/guest init prints once userspace has run: the guest's marker on the timeline when
+/// the guest does not write to the boot-timer port (user-mode port I/O needs `ioperm`, which a
+/// software KVM backend does not run).
+pub const GUEST_MARKER: &[u8] = b"KVMKIT-INIT-OK";
 
-/// Guest output to a writer, watching for a kernel panic message on the way.
-pub struct ConsoleOutput {
-    out: Box<dyn Write + Send>,
+/// Finds a pattern in a byte stream, one byte at a time. The patterns used here have no proper prefix
+/// that is also a suffix, so a mismatch restarts the match at the mismatching byte.
+#[derive(Debug)]
+struct Matcher {
+    pattern: &'static [u8],
     matched: usize,
-    panicked: Arc<AtomicBool>,
 }
 
-impl ConsoleOutput {
-    /// Wraps `out`; `panicked` is set once the guest prints a kernel panic.
-    pub fn new(out: Box<dyn Write + Send>, panicked: Arc<AtomicBool>) -> Self {
+impl Matcher {
+    const fn new(pattern: &'static [u8]) -> Self {
         Self {
-            out,
+            pattern,
             matched: 0,
-            panicked,
         }
     }
 
-    fn watch(&mut self, byte: u8) {
-        // PANIC_MARKER has no proper prefix that is also its suffix, so a mismatch restarts the
-        // match at this byte.
-        if byte == PANIC_MARKER[self.matched] {
+    /// True when `byte` completes the pattern.
+    fn feed(&mut self, byte: u8) -> bool {
+        if byte == self.pattern[self.matched] {
             self.matched += 1;
         } else {
-            self.matched = usize::from(byte == PANIC_MARKER[0]);
+            self.matched = usize::from(byte == self.pattern[0]);
         }
-        if self.matched == PANIC_MARKER.len() {
-            self.panicked.store(true, Ordering::SeqCst);
+        if self.matched == self.pattern.len() {
             self.matched = 0;
+            return true;
+        }
+        false
+    }
+}
+
+/// Guest output to a writer, watching on the way for a kernel panic (which makes the following reset a
+/// crash) and for the boot timeline's events (the first byte, the start of init).
+pub struct ConsoleOutput {
+    out: Box<dyn Write + Send>,
+    panic: Matcher,
+    run_init: Matcher,
+    guest_marker: Matcher,
+    panicked: Arc<AtomicBool>,
+    timeline: Arc<Timeline>,
+}
+
+impl ConsoleOutput {
+    /// Wraps `out`; `panicked` is set once the guest prints a kernel panic; `timeline` gets the
+    /// first byte and the kernel's "Run /init" line.
+    pub fn new(
+        out: Box<dyn Write + Send>,
+        panicked: Arc<AtomicBool>,
+        timeline: Arc<Timeline>,
+    ) -> Self {
+        Self {
+            out,
+            panic: Matcher::new(PANIC_MARKER),
+            run_init: Matcher::new(RUN_INIT_MARKER),
+            guest_marker: Matcher::new(GUEST_MARKER),
+            panicked,
+            timeline,
         }
     }
 }
 
 impl Write for ConsoleOutput {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !buf.is_empty() {
+            self.timeline.mark(Event::FirstSerialByte);
+        }
         for &b in buf {
-            self.watch(b);
+            if self.panic.feed(b) {
+                self.panicked.store(true, Ordering::SeqCst);
+            }
+            if self.run_init.feed(b) {
+                self.timeline.mark(Event::RunInit);
+            }
+            if self.guest_marker.feed(b) {
+                self.timeline.mark(Event::GuestMarker);
+            }
         }
         // A console that went away (closed pipe, full disk) must not stop the guest: the guest output
         // is dropped and the UART counts the error.
@@ -120,7 +168,8 @@ mod tests {
     fn panic_marker_is_seen_byte_by_byte() {
         let flag = Arc::new(AtomicBool::new(false));
         let sink = Sink::default();
-        let mut out = ConsoleOutput::new(Box::new(sink.clone()), flag.clone());
+        let timeline = Arc::new(Timeline::new());
+        let mut out = ConsoleOutput::new(Box::new(sink.clone()), flag.clone(), timeline.clone());
         for b in b"[ 1.0] KKernel panic - not synci" {
             out.write_all(&[*b]).unwrap();
         }
@@ -128,6 +177,22 @@ mod tests {
         out.write_all(b"ng: Attempted to kill init!\n").unwrap();
         assert!(flag.load(Ordering::SeqCst));
         assert!(sink.0.lock().unwrap().ends_with(b"kill init!\n"));
+        assert!(timeline.get(Event::FirstSerialByte).is_some());
+        assert!(timeline.get(Event::RunInit).is_none());
+    }
+
+    #[test]
+    fn the_start_of_init_is_timed() {
+        let timeline = Arc::new(Timeline::new());
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut out = ConsoleOutput::new(Box::new(io::sink()), flag, timeline.clone());
+        out.write_all(b"[ 55.4] Run /init as init").unwrap();
+        assert!(timeline.get(Event::RunInit).is_none());
+        out.write_all(b" process\n").unwrap();
+        assert!(timeline.get(Event::RunInit).is_some());
+        assert!(timeline.get(Event::GuestMarker).is_none());
+        out.write_all(b"KVMKIT-INIT-OK pid=1\n").unwrap();
+        assert!(timeline.get(Event::GuestMarker).is_some());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod run;
 pub mod signals;
 pub mod software_kvm;
 pub mod terminal;
+pub mod timeline;
 pub mod vcpu;
 pub mod vm;
 

@@ -124,6 +124,7 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
         panicked,
         acpi: _,
         virtio: _,
+        timeline,
     } = vm;
     // The VM's fd (and with it the irqfds) and its RAM must outlive every vCPU thread: the event-loop
     // thread owns them and drops them only after it has stopped the vCPUs.
@@ -132,8 +133,10 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
     let stop = EventFd::new(EFD_NONBLOCK).map_err(Error::EventLoop)?;
     let loop_stop = stop.try_clone().map_err(Error::EventLoop)?;
     let (tx, rx) = mpsc::channel();
-    let group =
-        Arc::new(VcpuGroup::spawn(vcpus, Arc::new(buses), tx, &wake).map_err(Error::Spawn)?);
+    let group = Arc::new(
+        VcpuGroup::spawn(vcpus, Arc::new(buses), tx, &wake, timeline.clone())
+            .map_err(Error::Spawn)?,
+    );
     let loop_group = group.clone();
     let events = std::thread::Builder::new()
         .name("kvmkit-events".into())
@@ -147,6 +150,7 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
                 serial,
                 input,
             });
+            timeline.mark(crate::timeline::Event::GuestShutdown);
             loop_group.stop();
             drop(keep_alive);
             // A reset that follows a kernel panic is the guest crashing, not rebooting.

@@ -13,6 +13,7 @@ use accel::{EventFd, SystemEvent, Vcpu, VcpuExit};
 use bus::Bus;
 
 use crate::outcome::Outcome;
+use crate::timeline::{Event, Timeline};
 
 /// The address spaces a vCPU's exits go to.
 #[derive(Debug, Default)]
@@ -214,6 +215,7 @@ impl VcpuGroup {
         buses: Arc<Buses>,
         outcomes: Sender<Outcome>,
         wake: &EventFd,
+        timeline: Arc<Timeline>,
     ) -> std::io::Result<Self> {
         install_kick_handler();
         let control = Arc::new(Control::default());
@@ -223,12 +225,16 @@ impl VcpuGroup {
         };
         for mut vcpu in vcpus {
             let (buses, control, outcomes) = (buses.clone(), control.clone(), outcomes.clone());
+            let timeline = timeline.clone();
             let wake = wake.try_clone()?;
             let id = vcpu.id();
             let spawned = std::thread::Builder::new()
                 .name(format!("kvmkit-vcpu-{id}"))
                 .spawn(move || {
                     let kick = vcpu.bind_kick();
+                    if id == 0 {
+                        timeline.mark(Event::FirstKvmRun);
+                    }
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         run_loop(&mut vcpu, &buses, &control)
                     }));

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use accel::{EventFd, Kvm, Vcpu};
 use bus::SharedDevice;
 use legacy::{
-    ACPI_POWER, CMOS, COM1, COM1_IRQ, I8042, I8042_COMMAND, I8042_DATA, PortRange, PowerRegisters,
-    Rtc, Serial,
+    ACPI_POWER, BOOT_TIMER, BootTimer, CMOS, COM1, COM1_IRQ, I8042, I8042_COMMAND, I8042_DATA,
+    PortRange, PowerRegisters, Rtc, Serial,
 };
 use machine::acpi::{AcpiConfig, IsaDevice, IsaKind, MmioDevice, PowerPorts};
 use machine::{BootInfo, BootSpec, Platform};
@@ -18,6 +18,7 @@ use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
 use crate::console::ConsoleOutput;
 use crate::devices::{VirtioSlot, add_device};
+use crate::timeline::{Event, Timeline};
 use crate::vcpu::Buses;
 
 /// Errors from building a VM.
@@ -61,6 +62,8 @@ pub struct VmConfig {
     pub acpi: bool,
     /// virtio-blk disks (the guest sees vda, vdb, ...).
     pub disks: Vec<BlockConfig>,
+    /// Where the VM's boot timeline is recorded.
+    pub timeline: Arc<Timeline>,
 }
 
 /// A VM ready to run: memory registered, devices on the buses, vCPUs created.
@@ -76,6 +79,7 @@ pub struct Vm {
     pub(crate) panicked: Arc<AtomicBool>,
     pub(crate) acpi: bool,
     pub(crate) virtio: Vec<VirtioSlot>,
+    pub(crate) timeline: Arc<Timeline>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -157,11 +161,12 @@ impl Vm {
         let mut vm = kvm.create_vm()?;
         let ram = GuestRam::new(config.memory)?;
         vm.add_guest_memory(ram.memory())?;
+        config.timeline.mark(Event::MemoryReady);
 
         let panicked = Arc::new(AtomicBool::new(false));
         let serial_irq = eventfd()?;
         vm.register_irqfd(&serial_irq, COM1_IRQ)?;
-        let out = ConsoleOutput::new(config.serial_out, panicked.clone());
+        let out = ConsoleOutput::new(config.serial_out, panicked.clone(), config.timeline.clone());
         let serial = Arc::new(Mutex::new(Serial::new(serial_irq, Box::new(out))));
         let reset = eventfd()?;
         let i8042: SharedDevice = Arc::new(Mutex::new(I8042::new(
@@ -176,6 +181,9 @@ impl Vm {
         add(i8042.clone(), I8042_DATA)?;
         add(i8042, I8042_COMMAND)?;
         add(Arc::new(Mutex::new(Rtc::new())), CMOS)?;
+        let timeline = config.timeline.clone();
+        let boot_timer = BootTimer::new(Box::new(move |_| timeline.mark(Event::GuestMarker)));
+        add(Arc::new(Mutex::new(boot_timer)), BOOT_TIMER)?;
         let power_off = eventfd()?;
         if config.acpi {
             let clone = |e: &EventFd| e.try_clone().map_err(Error::EventFd);
@@ -211,6 +219,7 @@ impl Vm {
             panicked,
             acpi: config.acpi,
             virtio,
+            timeline: config.timeline,
         })
     }
 
@@ -239,6 +248,7 @@ impl Vm {
             let bsp = (vcpu.id() == 0).then_some(&boot);
             machine::configure_vcpu(&self.kvm, vcpu, &self.ram, cpus, bsp)?;
         }
+        self.timeline.mark(Event::KernelLoaded);
         Ok(boot)
     }
 
@@ -270,6 +280,11 @@ impl Vm {
     /// The KVM VM, for irqfds and other VM-wide setup.
     pub fn kvm_vm(&self) -> &accel::Vm {
         &self.vm
+    }
+
+    /// The VM's boot timeline.
+    pub fn timeline(&self) -> &Arc<Timeline> {
+        &self.timeline
     }
 
     /// The COM1 UART, to feed it input.

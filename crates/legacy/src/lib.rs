@@ -1,11 +1,13 @@
 #![doc = include_str!("../README.md")]
 
+mod boot_timer;
 mod date;
 mod i8042;
 pub mod power;
 mod rtc;
 mod serial;
 
+pub use boot_timer::BootTimer;
 pub use date::{CivilTime, civil_from_unix};
 pub use i8042::I8042;
 pub use power::PowerRegisters;
@@ -38,4 +40,9 @@ pub const CMOS: PortRange = PortRange { base: 0x70, len: 2 };
 pub const ACPI_POWER: PortRange = PortRange {
     base: 0x600,
     len: 3,
+};
+/// The boot timer's port ([`BootTimer`]).
+pub const BOOT_TIMER: PortRange = PortRange {
+    base: 0x440,
+    len: 1,
 };
