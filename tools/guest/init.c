@@ -214,10 +214,10 @@ static long now_ns(void)
 
 static char bench_buf[1 << 20] __attribute__((aligned(4096)));
 
-/* MB/s (MiB per second) for `bytes` in `ns`. */
+/* KiB per second for `bytes` in `ns`. */
 static long rate(long bytes, long ns)
 {
-	return ns > 0 ? (bytes / 1024) * 1000000L / (ns / 1000) / 1024 : -1;
+	return ns > 0 ? (bytes / 1024) * 1000000L / (ns / 1000) : -1;
 }
 
 static void blk_bench(long out)
@@ -250,9 +250,9 @@ static void blk_bench(long out)
 		bad |= sys4(SYS_pread64, fd, (long)bench_buf, 4096, off) != 4096;
 	}
 	long t3 = now_ns();
-	put(" seq_write_mibps=");
+	put(" seq_write_kibps=");
 	put_num(rate(total, t1 - t0));
-	put(" seq_read_mibps=");
+	put(" seq_read_kibps=");
 	put_num(rate(total, t2 - t1));
 	put(" rand_read_4k_iops=");
 	put_num(t3 > t2 ? reads * 1000000000L / (t3 - t2) : -1);
