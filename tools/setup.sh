@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian 12 machine for kvmkit: installs the packages the guest build needs, builds
-# kvmkit (release) and the test guest (tools/guest/build.sh, cached after the first run).
+# Sets up a fresh Debian 12 machine for kvmkit: installs the packages the guest build, the disk tests
+# (e2fsprogs) and the benchmarks (QEMU, the peer in tools/bench) need, builds kvmkit (release) and the
+# test guest (tools/guest/build.sh, cached after the first run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +11,8 @@ if [ ! -e /dev/kvm ]; then
 fi
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
-pkgs=(linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils lz4 e2fsprogs)
+pkgs=(linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils lz4 e2fsprogs
+      qemu-system-x86 python3)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
