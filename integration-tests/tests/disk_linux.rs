@@ -107,28 +107,25 @@ fn two_disks(s: &Scratch) -> (PathBuf, PathBuf) {
     (a, b)
 }
 
-fn disk_args(a: &Path, b: &Path) -> [String; 4] {
-    [
-        "--disk".into(),
-        format!("path={},serial=disk-A", a.display()),
-        "--disk".into(),
-        format!("path={},readonly=on,serial=ro-B", b.display()),
-    ]
+/// kvmkit booting the test guest from its initramfs with `a` as vda and `b` as a read-only vdb, its
+/// init in `mode` (`kvmkit_init=...`).
+fn two_disk_guest(a: &Path, b: &Path, mode: &str) -> Command {
+    let disk_a = format!("path={},serial=disk-A", a.display());
+    let disk_b = format!("path={},readonly=on,serial=ro-B", b.display());
+    let mut cmd = kvmkit(
+        &["--disk", &disk_a, "--disk", &disk_b],
+        &guest_cmdline(&format!("kvmkit_init={mode}")),
+    );
+    cmd.arg("--initramfs")
+        .arg(kvmkit_integration_tests::guest_dir().join("initramfs.cpio"));
+    cmd
 }
 
 #[test]
 fn guest_reads_and_writes_ext4_and_a_read_only_disk_refuses_writes() {
     let s = Scratch::new("rw");
     let (a, b) = two_disks(&s);
-    let args = disk_args(&a, &b);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut cmd = kvmkit(&args, &guest_cmdline("kvmkit_init=disk"));
-    let guest = kvmkit_integration_tests::guest_dir();
-    let out = cmd
-        .arg("--initramfs")
-        .arg(guest.join("initramfs.cpio"))
-        .output()
-        .unwrap();
+    let out = two_disk_guest(&a, &b, "disk").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let context = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{context}");
@@ -167,12 +164,7 @@ fn guest_reads_and_writes_ext4_and_a_read_only_disk_refuses_writes() {
 fn data_the_guest_synced_survives_kill_9() {
     let s = Scratch::new("kill");
     let (a, b) = two_disks(&s);
-    let args = disk_args(&a, &b);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let guest = kvmkit_integration_tests::guest_dir();
-    let mut child = kvmkit(&args, &guest_cmdline("kvmkit_init=disk-then-hang"))
-        .arg("--initramfs")
-        .arg(guest.join("initramfs.cpio"))
+    let mut child = two_disk_guest(&a, &b, "disk-then-hang")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

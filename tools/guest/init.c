@@ -268,17 +268,10 @@ static char cpuinfo[65536];
 static long count_cpus(void)
 {
 	sys5(SYS_mount, (long)"proc", (long)"/proc", (long)"proc", 0, 0);
-	long fd = sys3(SYS_open, (long)"/proc/cpuinfo", 0 /* O_RDONLY */, 0);
-	if (fd < 0)
+	long len = slurp("/proc/cpuinfo", cpuinfo, sizeof(cpuinfo));
+	if (len < 0)
 		return -1;
-	unsigned long got = 0;
-	for (;;) {
-		long n = sys3(SYS_read, fd, (long)cpuinfo + got, sizeof(cpuinfo) - 1 - got);
-		if (n <= 0)
-			break;
-		got += n;
-	}
-	cpuinfo[got] = 0;
+	unsigned long got = (unsigned long)len;
 	long cpus = 0;
 	const char *key = "processor\t:";
 	for (unsigned long i = 0; i < got; i++) {

@@ -54,6 +54,7 @@ pub struct ConsoleOutput {
     panic: Matcher,
     run_init: Matcher,
     guest_marker: Matcher,
+    wrote_any: bool,
     panicked: Arc<AtomicBool>,
     timeline: Arc<Timeline>,
 }
@@ -71,6 +72,7 @@ impl ConsoleOutput {
             panic: Matcher::new(PANIC_MARKER),
             run_init: Matcher::new(RUN_INIT_MARKER),
             guest_marker: Matcher::new(GUEST_MARKER),
+            wrote_any: false,
             panicked,
             timeline,
         }
@@ -79,7 +81,9 @@ impl ConsoleOutput {
 
 impl Write for ConsoleOutput {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if !buf.is_empty() {
+        // Every guest byte passes here: the timeline (a lock) is told of the first one only.
+        if !self.wrote_any && !buf.is_empty() {
+            self.wrote_any = true;
             self.timeline.mark(Event::FirstSerialByte);
         }
         for &b in buf {

@@ -108,9 +108,10 @@ impl Timeline {
 
     /// A table: each event, its time since start, and the time since the event before it.
     pub fn table(&self) -> String {
+        let marks = self.sorted();
         let mut out = String::from("kvmkit boot timeline          at (ms)   phase (ms)\n");
         let mut prev = Duration::ZERO;
-        for (event, at) in self.sorted() {
+        for &(event, at) in &marks {
             out.push_str(&format!(
                 "  {:<24} {:>10.1} {:>12.1}\n",
                 event.name(),
@@ -119,8 +120,7 @@ impl Timeline {
             ));
             prev = at;
         }
-        let longest = self
-            .sorted()
+        let longest = marks
             .windows(2)
             .map(|w| (w[1].0, w[1].1 - w[0].1))
             .max_by_key(|(_, d)| *d);

@@ -52,7 +52,38 @@ impl Handler {
     /// Takes every available request, answers each, and interrupts the guest if it wants that.
     /// An error means the queue itself is broken (the device needs a reset).
     pub fn process_queue(&mut self) -> Result<(), virtio_queue::Error> {
-        process_queue(self)
+        let event_idx = self.queue.queue.event_idx_enabled();
+        let mut used_any = false;
+        loop {
+            if event_idx {
+                self.queue.queue.disable_notification(&self.mem)?;
+            }
+            let chains: Vec<DescriptorChain<&GuestMemoryMmap>> =
+                self.queue.queue.iter(&self.mem)?.collect();
+            let size = self.queue.queue.size();
+            for chain in chains {
+                let head = chain.head_index();
+                if head >= size {
+                    // No descriptor to read and no used-ring id to give back: drop it.
+                    log::warn!(
+                        "{}: available ring names descriptor {head} of {size}; dropped",
+                        self.name
+                    );
+                    continue;
+                }
+                let len = handle(self, chain);
+                self.queue.queue.add_used(&self.mem, head, len)?;
+                used_any = true;
+            }
+            // With event-index, re-enabling notifications reports requests that arrived meanwhile.
+            if !event_idx || !self.queue.queue.enable_notification(&self.mem)? {
+                break;
+            }
+        }
+        if used_any && self.queue.queue.needs_notification(&self.mem)? {
+            self.interrupt.signal_used_queue();
+        }
+        Ok(())
     }
 }
 
@@ -129,7 +160,7 @@ fn run(mut ctx: Handler, kill: EventFd) {
                 TOKEN_KILL => return,
                 TOKEN_KICK => {
                     let _ = ctx.queue.kick.read();
-                    if let Err(e) = process_queue(&mut ctx) {
+                    if let Err(e) = ctx.process_queue() {
                         log::warn!("{}: queue broken ({e}); the device needs a reset", ctx.name);
                         ctx.interrupt.signal_needs_reset();
                         // Wait for the reset (the kill eventfd) without spinning on kicks.
@@ -144,41 +175,6 @@ fn run(mut ctx: Handler, kill: EventFd) {
             }
         }
     }
-}
-
-fn process_queue(ctx: &mut Handler) -> Result<(), virtio_queue::Error> {
-    let event_idx = ctx.queue.queue.event_idx_enabled();
-    let mut used_any = false;
-    loop {
-        if event_idx {
-            ctx.queue.queue.disable_notification(&ctx.mem)?;
-        }
-        let chains: Vec<DescriptorChain<&GuestMemoryMmap>> =
-            ctx.queue.queue.iter(&ctx.mem)?.collect();
-        let size = ctx.queue.queue.size();
-        for chain in chains {
-            let head = chain.head_index();
-            if head >= size {
-                // No descriptor to read and no used-ring id to give back: drop it.
-                log::warn!(
-                    "{}: available ring names descriptor {head} of {size}; dropped",
-                    ctx.name
-                );
-                continue;
-            }
-            let len = handle(ctx, chain);
-            ctx.queue.queue.add_used(&ctx.mem, head, len)?;
-            used_any = true;
-        }
-        // With event-index, re-enabling notifications reports requests that arrived meanwhile.
-        if !event_idx || !ctx.queue.queue.enable_notification(&ctx.mem)? {
-            break;
-        }
-    }
-    if used_any && ctx.queue.queue.needs_notification(&ctx.mem)? {
-        ctx.interrupt.signal_used_queue();
-    }
-    Ok(())
 }
 
 /// Answers one request; returns the used length (bytes written into the chain, status included).
