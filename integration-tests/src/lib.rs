@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use kvmkit::Outcome;
 use kvmkit::run::{Input, run};
+use kvmkit::software_kvm::AssistMode;
 use kvmkit::vm::{Vm, VmConfig};
 use machine::kernel::EntryKind;
 use vm_memory::{Bytes, GuestAddress};
@@ -57,6 +58,16 @@ pub struct TinyGuest {
 impl TinyGuest {
     /// Loads `code` at [`CODE_ADDR`] and `data` (if any) at `data_addr`, and points vCPU 0 at the code.
     pub fn new(mode: Mode, code: &[u8], data: Option<(u64, &[u8])>) -> Self {
+        Self::with_assist(mode, code, data, AssistMode::Auto)
+    }
+
+    /// [`TinyGuest::new`] with the instruction assist set to `assist` (`new` uses `auto`).
+    pub fn with_assist(
+        mode: Mode,
+        code: &[u8],
+        data: Option<(u64, &[u8])>,
+        assist: AssistMode,
+    ) -> Self {
         let serial = Capture::default();
         let vm = Vm::new(VmConfig {
             memory: 32 << 20,
@@ -65,6 +76,7 @@ impl TinyGuest {
             acpi: true,
             disks: Vec::new(),
             timeline: Default::default(),
+            instruction_assist: assist,
         })
         .expect("create VM (is /dev/kvm usable?)");
         let mem = vm.ram().memory();

@@ -180,7 +180,7 @@ fn boot(b: Boot) {
     }
     if b.kvmkit_adds_flags && Path::new("/sys/module/kvm_pvm").exists() {
         assert!(
-            stderr.contains("software backend (kvm_pvm); guest command line additions: noxsave"),
+            stderr.contains("software backend (kvm_pvm); instruction assist on; guest command line additions: noxsave"),
             "{stderr}"
         );
         assert!(

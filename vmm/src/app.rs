@@ -117,6 +117,7 @@ fn boot(config: VmConfig, timeline: Arc<Timeline>) -> i32 {
             })
             .collect(),
         timeline,
+        instruction_assist: config.instruction_assist,
     }) {
         Ok(vm) => vm,
         Err(e) => return fail(build_error_code(&e), &e),
@@ -136,9 +137,11 @@ fn boot(config: VmConfig, timeline: Arc<Timeline>) -> i32 {
     if let Err(e) = vm.load_linux(&spec) {
         return fail(build_error_code(&e), &e);
     }
+    let assist = vm.assist().cloned();
     if software_kvm {
         eprintln!(
-            "kvmkit: /dev/kvm is a software backend (kvm_pvm); guest command line additions: {}",
+            "kvmkit: /dev/kvm is a software backend (kvm_pvm); instruction assist {}; guest command line additions: {}",
+            if assist.is_some() { "on" } else { "off" },
             if added.is_empty() {
                 "none needed".to_owned()
             } else {
@@ -150,8 +153,13 @@ fn boot(config: VmConfig, timeline: Arc<Timeline>) -> i32 {
         SerialMode::Stdio => (Input::Stdin, RawModeGuard::new()),
         _ => (Input::None, None),
     };
+    let timeline = vm.timeline().clone();
     let outcome = run::run(vm, input);
     drop(raw);
+    if let Some(assist) = assist {
+        eprintln!("kvmkit: instruction assists: {}", assist.counts());
+        timeline.set_assists(assist.counts().nonzero());
+    }
     match outcome {
         Ok(outcome) => {
             eprintln!("kvmkit: {outcome}");

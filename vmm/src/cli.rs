@@ -1,5 +1,5 @@
 //! The command line, in Cloud Hypervisor's shape: `--kernel`, `--initramfs`, `--cmdline`, `--memory`,
-//! `--cpus`, `--serial`, `--acpi`, `--disk`, `--boot-timeline`.
+//! `--cpus`, `--serial`, `--acpi`, `--disk`, `--boot-timeline`, `--instruction-assist`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -96,6 +96,17 @@ fn command() -> Command {
                 ),
         )
         .arg(
+            Arg::new("instruction-assist")
+                .long("instruction-assist")
+                .value_name("on|off|auto")
+                .default_value("auto")
+                .value_parser(["on", "off", "auto"])
+                .help(
+                    "Finish the guest instructions a software KVM backend (kvm_pvm) cannot run: INT3, FWAIT, \
+                     CLAC/STAC, POPCNT, RDRAND/RDSEED (auto: on such a host only)",
+                ),
+        )
+        .arg(
             Arg::new("disk")
                 .long("disk")
                 .value_name("path=FILE[,readonly=on][,serial=ID]")
@@ -159,6 +170,7 @@ where
         cpus: config::parse_cpus(&get("cpus"), MAX_CPUS)?,
         serial: get("serial").parse::<SerialMode>()?,
         acpi: get("acpi") == "on",
+        instruction_assist: get("instruction-assist").parse().map_err(Error::Usage)?,
         disks: m
             .get_many::<String>("disk")
             .unwrap_or_default()
@@ -177,6 +189,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::software_kvm::AssistMode;
 
     fn run(args: &[&str]) -> Result<VmConfig, Error> {
         match parse(std::iter::once("kvmkit").chain(args.iter().copied()))? {
@@ -194,6 +207,13 @@ mod tests {
         assert_eq!(c.cmdline, DEFAULT_CMDLINE);
         assert!(c.acpi);
         assert!(!run(&["--kernel", "k", "--acpi", "off"]).unwrap().acpi);
+        assert_eq!(c.instruction_assist, AssistMode::Auto);
+        assert_eq!(
+            run(&["--kernel", "k", "--instruction-assist", "off"])
+                .unwrap()
+                .instruction_assist,
+            AssistMode::Off
+        );
         let c = run(&[
             "--kernel",
             "k",
@@ -245,6 +265,7 @@ mod tests {
             &["--kernel", "k", "--cpus", "0"][..],
             &["--kernel", "k", "--serial", "tcp"][..],
             &["--kernel", "k", "--acpi", "maybe"][..],
+            &["--kernel", "k", "--instruction-assist", "sometimes"][..],
             &["--kernel", "k", "--disk", "a.img"][..],
             &["--kernel", "k", "--boot-timeline", "xml"][..],
         ] {

@@ -127,6 +127,8 @@ pub struct VmConfig {
     pub serial: SerialMode,
     /// Whether the guest gets ACPI tables (and with them an ACPI power-off) besides the MP table.
     pub acpi: bool,
+    /// When to finish instructions a software KVM backend cannot run.
+    pub instruction_assist: crate::software_kvm::AssistMode,
     /// virtio-blk disks, in order (the guest sees vda, vdb, ...).
     pub disks: Vec<DiskConfig>,
     /// Print the boot timeline on stderr at exit, in this format.

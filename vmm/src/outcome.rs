@@ -49,6 +49,8 @@ pub enum Outcome {
         rip: u64,
         /// What KVM said.
         error: InternalError,
+        /// Why the instruction assist could not finish the instruction, when it tried.
+        assist: Option<String>,
     },
     /// KVM_EXIT_FAIL_ENTRY.
     FailEntry {
@@ -98,9 +100,24 @@ impl fmt::Display for Outcome {
                     "guest triple-faulted: KVM_EXIT_SHUTDOWN on vCPU {vcpu} at RIP {rip:#x}"
                 )
             }
-            Self::InternalError { vcpu, rip, error } => write!(
+            Self::InternalError {
+                vcpu,
+                rip,
+                error,
+                assist: None,
+            } => write!(
                 f,
                 "KVM internal error on vCPU {vcpu} at RIP {rip:#x}: {error}"
+            ),
+            Self::InternalError {
+                vcpu,
+                rip,
+                error,
+                assist: Some(assist),
+            } => write!(
+                f,
+                "KVM internal error on vCPU {vcpu} at RIP {rip:#x}: {}; {assist}",
+                error.kind()
             ),
             Self::FailEntry { vcpu, reason } => write!(
                 f,

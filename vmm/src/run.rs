@@ -125,6 +125,7 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
         acpi: _,
         virtio: _,
         timeline,
+        assist,
     } = vm;
     // The VM's fd (and with it the irqfds) and its RAM must outlive every vCPU thread: the event-loop
     // thread owns them and drops them only after it has stopped the vCPUs.
@@ -134,7 +135,7 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
     let loop_stop = stop.try_clone().map_err(Error::EventLoop)?;
     let (tx, rx) = mpsc::channel();
     let group = Arc::new(
-        VcpuGroup::spawn(vcpus, Arc::new(buses), tx, &wake, timeline.clone())
+        VcpuGroup::spawn(vcpus, Arc::new(buses), assist, tx, &wake, timeline.clone())
             .map_err(Error::Spawn)?,
     );
     let loop_group = group.clone();

@@ -3,12 +3,55 @@
 //! RDRAND/RDSEED, SMAP's CLAC/STAC and a few more, and the VMM cannot hide those features through
 //! CPUID (the guest sees the host's). The guest kernel has to be told on its command line instead.
 
+/// When kvmkit finishes the instructions the backend's emulator gives up on (`--instruction-assist`):
+/// see the `kvmkit-assist` crate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AssistMode {
+    /// On a software KVM backend only (hardware KVM runs every instruction itself).
+    #[default]
+    Auto,
+    /// Always: an emulation failure on any host is first handed to the assist.
+    On,
+    /// Never: an emulation failure ends the VM with KVM's internal error.
+    Off,
+}
+
+impl AssistMode {
+    /// Whether the assist runs, given whether KVM here is a software backend.
+    pub fn enabled(self, software_kvm: bool) -> bool {
+        match self {
+            Self::Auto => software_kvm,
+            Self::On => true,
+            Self::Off => false,
+        }
+    }
+}
+
+impl std::str::FromStr for AssistMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            other => Err(format!(
+                "instruction assist must be on, off or auto, not '{other}'"
+            )),
+        }
+    }
+}
+
 /// Kernel parameters that keep a Linux guest off the instructions a software backend cannot run.
 pub const BACKEND_FLAGS: &[&str] = &[
     "noxsave",
     "nofsgsbase",
     "nopcid",
-    "clearcpuid=popcnt,cx16,serialize,rdrand,rdseed,invpcid,rdpid,smap",
+    // Scalar instructions the emulator fails on, then the SIMD extensions whose presence makes Linux
+    // pick SSE-based crypto and CRC code (ChaCha, BLAKE2s, CRC32C, AES-NI...): the emulator cannot
+    // run SSE in ring 0, and without these the kernel uses its generic C versions. (Linux reads at
+    // most 127 characters of clearcpuid.)
+    "clearcpuid=popcnt,cx16,serialize,rdrand,rdseed,invpcid,rdpid,smap,ssse3,sse4_1,sse4_2,pclmulqdq,aes,sha_ni,gfni",
 ];
 
 /// The parameter's name: what comes before `=`, or the whole word.
@@ -22,7 +65,8 @@ fn key(param: &str) -> &str {
 /// ```
 /// use kvmkit::software_kvm::with_backend_flags;
 /// let (cmdline, added) = with_backend_flags("console=ttyS0 nopcid");
-/// assert_eq!(added, vec!["noxsave", "nofsgsbase", "clearcpuid=popcnt,cx16,serialize,rdrand,rdseed,invpcid,rdpid,smap"]);
+/// assert_eq!(added[..2], ["noxsave", "nofsgsbase"]);
+/// assert!(added[2].starts_with("clearcpuid=popcnt,"));
 /// assert!(cmdline.starts_with("console=ttyS0 nopcid noxsave"));
 /// ```
 pub fn with_backend_flags(cmdline: &str) -> (String, Vec<&'static str>) {
@@ -45,6 +89,23 @@ pub fn with_backend_flags(cmdline: &str) -> (String, Vec<&'static str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clearcpuid_fits_what_linux_reads() {
+        let clear = BACKEND_FLAGS
+            .iter()
+            .find_map(|f| f.strip_prefix("clearcpuid="))
+            .unwrap_or_default();
+        assert!(!clear.is_empty() && clear.len() < 128, "{}", clear.len());
+    }
+
+    #[test]
+    fn assist_modes() {
+        assert!(AssistMode::Auto.enabled(true) && !AssistMode::Auto.enabled(false));
+        assert!(AssistMode::On.enabled(false) && !AssistMode::Off.enabled(true));
+        assert_eq!("off".parse::<AssistMode>(), Ok(AssistMode::Off));
+        assert!("maybe".parse::<AssistMode>().is_err());
+    }
 
     #[test]
     fn nothing_added_when_all_present() {

@@ -67,6 +67,8 @@ impl Event {
 pub struct Timeline {
     start: Instant,
     marks: Mutex<Vec<(Event, Duration)>>,
+    /// Instruction assists by kind (`None`: the assist was off).
+    assists: Mutex<Option<Vec<(&'static str, u64)>>>,
 }
 
 impl Default for Timeline {
@@ -81,7 +83,21 @@ impl Timeline {
         Self {
             start: Instant::now(),
             marks: Mutex::new(vec![(Event::ProcessStart, Duration::ZERO)]),
+            assists: Mutex::new(None),
         }
+    }
+
+    /// Records how many instructions of each kind kvmkit finished for a software KVM backend
+    /// (`--instruction-assist`), for the table and the JSON.
+    pub fn set_assists(&self, counts: Vec<(&'static str, u64)>) {
+        *self.assists.lock().unwrap_or_else(|e| e.into_inner()) = Some(counts);
+    }
+
+    fn assists(&self) -> Option<Vec<(&'static str, u64)>> {
+        self.assists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Records `event` now, unless it was recorded before.
@@ -131,17 +147,35 @@ impl Timeline {
                 ms(d)
             ));
         }
+        if let Some(assists) = self.assists() {
+            let list: Vec<String> = assists.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            out.push_str(&format!(
+                "  instruction assists: {}\n",
+                if list.is_empty() {
+                    "none".to_owned()
+                } else {
+                    list.join(", ")
+                }
+            ));
+        }
         out
     }
 
     /// One JSON object: `{"process_start_ms": 0.0, "memory_ready_ms": 12.3, ...}` with the events that
-    /// happened, in time order.
+    /// happened, in time order, then `"assists": {"int3": 1, ...}` when the instruction assist was on.
     pub fn json(&self) -> String {
-        let fields: Vec<String> = self
+        let mut fields: Vec<String> = self
             .sorted()
             .into_iter()
             .map(|(e, t)| format!("\"{}_ms\": {:.3}", e.name(), ms(t)))
             .collect();
+        if let Some(assists) = self.assists() {
+            let counts: Vec<String> = assists
+                .iter()
+                .map(|(k, n)| format!("\"{k}\": {n}"))
+                .collect();
+            fields.push(format!("\"assists\": {{{}}}", counts.join(", ")));
+        }
         format!("{{{}}}", fields.join(", "))
     }
 }
@@ -187,5 +221,23 @@ mod tests {
         let json = t.json();
         assert!(json.starts_with("{\"process_start_ms\": 0.000, \"memory_ready_ms\": "));
         assert!(json.ends_with('}') && !json.contains("guest_marker"));
+        assert!(!json.contains("assists") && !table.contains("assists"));
+    }
+
+    #[test]
+    fn assist_counts_are_in_the_table_and_the_json() {
+        let t = Timeline::new();
+        t.set_assists(vec![("int3", 1), ("fwait", 2)]);
+        assert!(
+            t.table()
+                .contains("  instruction assists: int3 1, fwait 2\n")
+        );
+        assert!(
+            t.json()
+                .ends_with(", \"assists\": {\"int3\": 1, \"fwait\": 2}}")
+        );
+        t.set_assists(Vec::new());
+        assert!(t.table().contains("instruction assists: none"));
+        assert!(t.json().ends_with("\"assists\": {}}"));
     }
 }

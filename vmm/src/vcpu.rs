@@ -10,10 +10,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use accel::{EventFd, SystemEvent, Vcpu, VcpuExit};
+use assist::{Assist, Resolution, SyscallBridge};
 use bus::Bus;
 
 use crate::outcome::Outcome;
 use crate::timeline::{Event, Timeline};
+
+/// `KVM_EXIT_INTERNAL_ERROR`'s suberror for an instruction KVM's emulator could not run.
+const EMULATION_FAILURE: u32 = kvm_bindings::KVM_INTERNAL_ERROR_EMULATION;
 
 /// The address spaces a vCPU's exits go to.
 #[derive(Debug, Default)]
@@ -26,9 +30,15 @@ pub struct Buses {
 
 /// Runs `vcpu` until the guest does something that ends the VM (the outcome) or `control` asks it to
 /// stop (`None`); parks it while `control` asks for a pause. Port and MMIO exits are completed through
-/// `buses`.
-pub fn run_loop(vcpu: &mut Vcpu, buses: &Buses, control: &Control) -> Option<Outcome> {
+/// `buses`; emulation failures, trapped LSTAR writes and breakpoints go to `assist` when there is one.
+pub fn run_loop(
+    vcpu: &mut Vcpu,
+    buses: &Buses,
+    assist: Option<&Assist>,
+    control: &Control,
+) -> Option<Outcome> {
     let id = vcpu.id();
+    let mut syscalls = SyscallBridge::default();
     loop {
         match control.request() {
             Request::Run => {}
@@ -38,7 +48,7 @@ pub fn run_loop(vcpu: &mut Vcpu, buses: &Buses, control: &Control) -> Option<Out
             }
             Request::Stop => return None,
         }
-        let ended = match vcpu.run() {
+        let exit = match vcpu.run() {
             Ok(VcpuExit::IoIn { port, data }) => {
                 buses.pio.read(u64::from(port), data);
                 continue;
@@ -57,44 +67,118 @@ pub fn run_loop(vcpu: &mut Vcpu, buses: &Buses, control: &Control) -> Option<Out
             }
             Ok(VcpuExit::Interrupted) => continue,
             // kvmkit asks KVM for no other exits; looping on one would spin forever.
-            Ok(VcpuExit::Other(what)) => Ended::Outcome(Outcome::VcpuError {
+            Ok(VcpuExit::Other(what)) => Exit::Ended(Outcome::VcpuError {
                 vcpu: id,
                 error: format!("unexpected KVM exit: {what}"),
             }),
-            Ok(VcpuExit::Hlt) => Ended::Halted,
-            Ok(VcpuExit::Shutdown) => Ended::TripleFault,
-            Ok(VcpuExit::SystemEvent(SystemEvent::Shutdown)) => Ended::Outcome(Outcome::PowerOff),
-            Ok(VcpuExit::SystemEvent(SystemEvent::Reset)) => Ended::Outcome(Outcome::Reset),
-            Ok(VcpuExit::SystemEvent(_)) => Ended::Outcome(Outcome::Crash { vcpu: id }),
-            Ok(VcpuExit::InternalError) => Ended::InternalError,
+            Ok(VcpuExit::Hlt) => Exit::Halted,
+            Ok(VcpuExit::Shutdown) => Exit::TripleFault,
+            Ok(VcpuExit::SystemEvent(SystemEvent::Shutdown)) => Exit::Ended(Outcome::PowerOff),
+            Ok(VcpuExit::SystemEvent(SystemEvent::Reset)) => Exit::Ended(Outcome::Reset),
+            Ok(VcpuExit::SystemEvent(_)) => Exit::Ended(Outcome::Crash { vcpu: id }),
+            Ok(VcpuExit::InternalError) => Exit::InternalError,
+            Ok(VcpuExit::WriteMsr { index, data, .. }) => Exit::WriteMsr { index, data },
+            Ok(VcpuExit::Debug { pc, .. }) => Exit::Breakpoint { pc },
             Ok(VcpuExit::FailEntry { reason }) => {
-                Ended::Outcome(Outcome::FailEntry { vcpu: id, reason })
+                Exit::Ended(Outcome::FailEntry { vcpu: id, reason })
             }
-            Err(e) => Ended::Outcome(Outcome::VcpuError {
+            Err(e) => Exit::Ended(Outcome::VcpuError {
                 vcpu: id,
                 error: e.to_string(),
             }),
         };
-        let rip = vcpu.regs().map(|r| r.rip).unwrap_or(u64::MAX);
-        return Some(match ended {
-            Ended::Outcome(o) => o,
-            Ended::Halted => Outcome::Halted { vcpu: id, rip },
-            Ended::TripleFault => Outcome::TripleFault { vcpu: id, rip },
-            Ended::InternalError => Outcome::InternalError {
-                vcpu: id,
-                rip,
-                error: vcpu.internal_error(),
-            },
-        });
+        if let Some(outcome) = settle(vcpu, exit, assist, &mut syscalls) {
+            return Some(outcome);
+        }
     }
 }
 
-/// An exit that ends the loop, before the registers are read.
-enum Ended {
-    Outcome(Outcome),
+/// An exit the loop did not complete on the spot, with what it needs copied out of the `kvm_run` page.
+enum Exit {
+    /// The VM ends with this outcome.
+    Ended(Outcome),
     Halted,
     TripleFault,
     InternalError,
+    /// A trapped MSR write.
+    WriteMsr {
+        index: u32,
+        data: u64,
+    },
+    /// A debug exception at `pc`.
+    Breakpoint {
+        pc: u64,
+    },
+}
+
+/// Handles an exit that needs the vCPU's registers: `None` if the guest runs on, else how the VM
+/// ends.
+fn settle(
+    vcpu: &mut Vcpu,
+    exit: Exit,
+    assist: Option<&Assist>,
+    syscalls: &mut SyscallBridge,
+) -> Option<Outcome> {
+    let id = vcpu.id();
+    let rip = |vcpu: &Vcpu| vcpu.regs().map(|r| r.rip).unwrap_or(u64::MAX);
+    let failed = |error: String| Some(Outcome::VcpuError { vcpu: id, error });
+    match (exit, assist) {
+        (Exit::Ended(outcome), _) => Some(outcome),
+        (Exit::Halted, _) => Some(Outcome::Halted {
+            vcpu: id,
+            rip: rip(vcpu),
+        }),
+        (Exit::TripleFault, _) => Some(Outcome::TripleFault {
+            vcpu: id,
+            rip: rip(vcpu),
+        }),
+        (Exit::InternalError, Some(assist))
+            if vcpu.internal_error().suberror == EMULATION_FAILURE =>
+        {
+            match assist.handle(vcpu) {
+                Ok(Resolution::Resumed(kind)) => {
+                    log::debug!("vCPU {id}: assisted {}", kind.name());
+                    None
+                }
+                Ok(Resolution::TripleFault(_)) => Some(Outcome::TripleFault {
+                    vcpu: id,
+                    rip: rip(vcpu),
+                }),
+                Err(e) => Some(Outcome::InternalError {
+                    vcpu: id,
+                    rip: rip(vcpu),
+                    error: vcpu.internal_error(),
+                    assist: Some(e.to_string()),
+                }),
+            }
+        }
+        (Exit::InternalError, _) => Some(Outcome::InternalError {
+            vcpu: id,
+            rip: rip(vcpu),
+            error: vcpu.internal_error(),
+            assist: None,
+        }),
+        (Exit::WriteMsr { index, data }, Some(assist)) if index == assist::syscall::MSR_LSTAR => {
+            match syscalls.lstar_written(assist, vcpu, data) {
+                Ok(armed) => {
+                    log::debug!("vCPU {id}: LSTAR = {data:#x}, system call bridge armed: {armed}");
+                    None
+                }
+                Err(e) => failed(e.to_string()),
+            }
+        }
+        (Exit::Breakpoint { pc }, Some(assist)) => match syscalls.breakpoint(assist, vcpu, pc) {
+            Ok(entry) => {
+                log::debug!("vCPU {id}: breakpoint at {pc:#x}: {entry:?}");
+                None
+            }
+            Err(e) => failed(e.to_string()),
+        },
+        (Exit::WriteMsr { index, .. }, _) => {
+            failed(format!("unexpected MSR write exit ({index:#x})"))
+        }
+        (Exit::Breakpoint { pc }, None) => failed(format!("unexpected debug exit at {pc:#x}")),
+    }
 }
 
 /// What the vCPU threads are asked to do.
@@ -213,6 +297,7 @@ impl VcpuGroup {
     pub fn spawn(
         vcpus: Vec<Vcpu>,
         buses: Arc<Buses>,
+        assist: Option<Arc<Assist>>,
         outcomes: Sender<Outcome>,
         wake: &EventFd,
         timeline: Arc<Timeline>,
@@ -225,6 +310,7 @@ impl VcpuGroup {
         };
         for mut vcpu in vcpus {
             let (buses, control, outcomes) = (buses.clone(), control.clone(), outcomes.clone());
+            let assist = assist.clone();
             let timeline = timeline.clone();
             let wake = wake.try_clone()?;
             let id = vcpu.id();
@@ -236,7 +322,7 @@ impl VcpuGroup {
                         timeline.mark(Event::FirstKvmRun);
                     }
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        run_loop(&mut vcpu, &buses, &control)
+                        run_loop(&mut vcpu, &buses, assist.as_deref(), &control)
                     }));
                     drop(kick);
                     let outcome = match ran {

@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use accel::{EventFd, Kvm, Vcpu};
+use assist::Assist;
 use bus::SharedDevice;
 use legacy::{
     ACPI_POWER, BOOT_TIMER, BootTimer, CMOS, COM1, COM1_IRQ, I8042, I8042_COMMAND, I8042_DATA,
@@ -18,6 +19,7 @@ use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
 use crate::console::ConsoleOutput;
 use crate::devices::{VirtioSlot, add_device};
+use crate::software_kvm::AssistMode;
 use crate::timeline::{Event, Timeline};
 use crate::vcpu::Buses;
 
@@ -64,6 +66,8 @@ pub struct VmConfig {
     pub disks: Vec<BlockConfig>,
     /// Where the VM's boot timeline is recorded.
     pub timeline: Arc<Timeline>,
+    /// When to finish instructions a software KVM backend cannot run.
+    pub instruction_assist: AssistMode,
 }
 
 /// A VM ready to run: memory registered, devices on the buses, vCPUs created.
@@ -80,6 +84,7 @@ pub struct Vm {
     pub(crate) acpi: bool,
     pub(crate) virtio: Vec<VirtioSlot>,
     pub(crate) timeline: Arc<Timeline>,
+    pub(crate) assist: Option<Arc<Assist>>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -207,6 +212,13 @@ impl Vm {
         let vcpus = (0..u64::from(config.cpus))
             .map(|id| vm.create_vcpu(id))
             .collect::<Result<Vec<_>, _>>()?;
+        let assist = config
+            .instruction_assist
+            .enabled(kvm.is_software_backend())
+            .then(|| Arc::new(Assist::new(ram.memory().clone())));
+        if assist.is_some() && kvm.is_software_backend() {
+            vm.trap_msr_writes(&[assist::syscall::MSR_LSTAR])?;
+        }
         Ok(Self {
             kvm,
             vm,
@@ -220,6 +232,7 @@ impl Vm {
             acpi: config.acpi,
             virtio,
             timeline: config.timeline,
+            assist,
         })
     }
 
@@ -255,6 +268,11 @@ impl Vm {
     /// True if KVM here is a software backend (kvm_pvm) rather than hardware virtualization.
     pub fn is_software_kvm(&self) -> bool {
         self.kvm.is_software_backend()
+    }
+
+    /// The instruction assist, if it is on for this VM: its counts stay readable after the VM ran.
+    pub fn assist(&self) -> Option<&Arc<Assist>> {
+        self.assist.as_ref()
     }
 
     /// The guest's RAM.

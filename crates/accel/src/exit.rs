@@ -44,6 +44,26 @@ pub enum VcpuExit<'a> {
     /// KVM could not run the guest further (`KVM_EXIT_INTERNAL_ERROR`), e.g. an instruction its
     /// emulator cannot handle. [`Vcpu::internal_error`](crate::Vcpu::internal_error) has the details.
     InternalError,
+    /// The guest wrote an MSR that [`Vm::trap_msr_writes`](crate::Vm::trap_msr_writes) traps. KVM
+    /// did not write it: the VMM does, or sets `error` to 1 to give the guest a #GP instead.
+    WriteMsr {
+        /// The MSR.
+        index: u32,
+        /// The value the guest wrote.
+        data: u64,
+        /// Set to 1 to fail the write with #GP.
+        error: &'a mut u8,
+    },
+    /// A debug exception for a breakpoint the VMM set ([`Vcpu::set_hw_breakpoint`](crate::Vcpu::set_hw_breakpoint)):
+    /// the guest is stopped before the instruction at `pc`.
+    Debug {
+        /// The guest RIP.
+        pc: u64,
+        /// DR6 at the exception: which breakpoint fired.
+        dr6: u64,
+        /// The exception vector (1 for #DB).
+        exception: u32,
+    },
     /// The hardware refused to enter the guest.
     FailEntry {
         /// `hardware_entry_failure_reason`.

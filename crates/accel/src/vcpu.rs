@@ -68,11 +68,19 @@ impl Vcpu {
             K::FailEntry(reason, _) => VcpuExit::FailEntry { reason },
             K::Intr => VcpuExit::Interrupted,
             K::Exception => VcpuExit::Other("exception"),
-            K::Debug(_) => VcpuExit::Other("debug"),
+            K::Debug(arch) => VcpuExit::Debug {
+                pc: arch.pc,
+                dr6: arch.dr6,
+                exception: arch.exception,
+            },
             K::IrqWindowOpen => VcpuExit::Other("irq window open"),
             K::IoapicEoi(_) => VcpuExit::Other("ioapic eoi"),
             K::X86Rdmsr(_) => VcpuExit::Other("rdmsr"),
-            K::X86Wrmsr(_) => VcpuExit::Other("wrmsr"),
+            K::X86Wrmsr(exit) => VcpuExit::WriteMsr {
+                index: exit.index,
+                data: exit.data,
+                error: exit.error,
+            },
             K::Hypercall(_) => VcpuExit::Other("hypercall"),
             K::MemoryFault { .. } => VcpuExit::Other("memory fault"),
             _ => VcpuExit::Other("unknown"),
@@ -116,6 +124,11 @@ impl Vcpu {
         self.fd
             .set_sregs(sregs)
             .map_err(Error::ioctl("KVM_SET_SREGS"))
+    }
+
+    /// The x87/SSE state (registers, control and status words, MXCSR).
+    pub fn fpu(&self) -> Result<kvm_fpu> {
+        self.fd.get_fpu().map_err(Error::ioctl("KVM_GET_FPU"))
     }
 
     /// Sets the x87/SSE state.
@@ -171,6 +184,70 @@ impl Vcpu {
         self.fd
             .translate_gva(gva)
             .map_err(Error::ioctl("KVM_TRANSLATE"))
+    }
+
+    /// Makes the guest take exception `vector` (with `error_code`, for the exceptions that push one)
+    /// when it next runs, as if the instruction at its current RIP had raised it
+    /// (`KVM_SET_VCPU_EVENTS`). For INT3 (#BP) and INTO (#OF) the return address the guest sees is
+    /// the current RIP: advance RIP past the instruction first.
+    pub fn inject_exception(&self, vector: u8, error_code: Option<u32>) -> Result<()> {
+        let mut events = self
+            .fd
+            .get_vcpu_events()
+            .map_err(Error::ioctl("KVM_GET_VCPU_EVENTS"))?;
+        events.exception.injected = 1;
+        events.exception.nr = vector;
+        events.exception.has_error_code = u8::from(error_code.is_some());
+        events.exception.error_code = error_code.unwrap_or(0);
+        events.exception.pending = 0;
+        // Only the exception changes: leave NMI, SIPI and SMM state as they are.
+        events.flags = 0;
+        self.fd
+            .set_vcpu_events(&events)
+            .map_err(Error::ioctl("KVM_SET_VCPU_EVENTS"))
+    }
+
+    /// Reads the MSRs in `indices`, in order; fails unless KVM returned every one.
+    pub fn msrs(&self, indices: &[u32]) -> Result<Vec<u64>> {
+        let entries: Vec<kvm_msr_entry> = indices
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries).map_err(|_| Error::Ioctl {
+            op: "KVM_GET_MSRS",
+            source: kvm_ioctls::Error::new(libc::E2BIG),
+        })?;
+        let read = self
+            .fd
+            .get_msrs(&mut msrs)
+            .map_err(Error::ioctl("KVM_GET_MSRS"))?;
+        if read != indices.len() {
+            return Err(Error::Ioctl {
+                op: "KVM_GET_MSRS (an MSR was refused)",
+                source: kvm_ioctls::Error::new(libc::EINVAL),
+            });
+        }
+        Ok(msrs.as_slice().iter().map(|e| e.data).collect())
+    }
+
+    /// Sets (or with `None` clears) an execution breakpoint at guest linear address `addr`, through
+    /// `KVM_SET_GUEST_DEBUG` with debug register 0: the vCPU exits with [`VcpuExit::Debug`] before
+    /// it runs the instruction there. While it is set every guest #DB exits to the VMM.
+    pub fn set_hw_breakpoint(&self, addr: Option<u64>) -> Result<()> {
+        let mut debug = kvm_bindings::kvm_guest_debug::default();
+        if let Some(addr) = addr {
+            debug.control =
+                kvm_bindings::KVM_GUESTDBG_ENABLE | kvm_bindings::KVM_GUESTDBG_USE_HW_BP;
+            debug.arch.debugreg[0] = addr;
+            // DR7: L0 enables breakpoint 0; R/W0 = 00 (instruction execution), LEN0 = 00.
+            debug.arch.debugreg[7] = 1;
+        }
+        self.fd
+            .set_guest_debug(&debug)
+            .map_err(Error::ioctl("KVM_SET_GUEST_DEBUG"))
     }
 
     /// The raw kvm-ioctls handle, for what this crate does not wrap yet.

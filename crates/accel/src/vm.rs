@@ -120,6 +120,36 @@ impl Vm {
         Ok(Vcpu::new(fd, id, self.memory.clone()))
     }
 
+    /// Makes the guest's writes to each MSR in `indices` exit to userspace
+    /// ([`VcpuExit::WriteMsr`](crate::VcpuExit::WriteMsr)) instead of reaching KVM: enables
+    /// `KVM_CAP_X86_USER_SPACE_MSR` for filtered MSRs and installs a `KVM_X86_SET_MSR_FILTER` that
+    /// denies writes to them and allows everything else. Userspace then owns those writes.
+    pub fn trap_msr_writes(&self, indices: &[u32]) -> Result<()> {
+        use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
+        let cap = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
+            args: [u64::from(kvm_bindings::KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
+            ..Default::default()
+        };
+        self.fd
+            .enable_cap(&cap)
+            .map_err(Error::ioctl("KVM_ENABLE_CAP(X86_USER_SPACE_MSR)"))?;
+        // One range per MSR, its one bit 0: denied, so the write exits to userspace.
+        let deny = [0u8];
+        let ranges: Vec<MsrFilterRange<'_>> = indices
+            .iter()
+            .map(|&base| MsrFilterRange {
+                flags: MsrFilterRangeFlags::WRITE,
+                base,
+                msr_count: 1,
+                bitmap: &deny,
+            })
+            .collect();
+        self.fd
+            .set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
+            .map_err(Error::ioctl("KVM_X86_SET_MSR_FILTER"))
+    }
+
     /// The raw kvm-ioctls handle, for what this crate does not wrap yet.
     pub fn fd(&self) -> &VmFd {
         &self.fd

@@ -1,0 +1,109 @@
+//! Reading guest memory by linear address: translated page by page through the guest's page tables,
+//! because consecutive linear pages need not be consecutive in guest-physical memory.
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use crate::cpu::GuestCpu;
+
+const PAGE: u64 = 4096;
+
+/// Why guest memory could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AccessError {
+    /// No page table entry maps this linear address.
+    #[error("linear address {0:#x} is not mapped")]
+    NotMapped(u64),
+    /// The page tables map it outside guest RAM (e.g. onto a device).
+    #[error("linear address {linear:#x} maps to {physical:#x}, which is not guest RAM")]
+    NotRam {
+        /// The linear address.
+        linear: u64,
+        /// Where the page tables point.
+        physical: u64,
+    },
+    /// Reading the vCPU's translation failed.
+    #[error("KVM_TRANSLATE failed for {0:#x}")]
+    Translate(u64),
+}
+
+impl AccessError {
+    /// The linear address that failed.
+    pub fn linear(&self) -> u64 {
+        match *self {
+            Self::NotMapped(a) | Self::Translate(a) | Self::NotRam { linear: a, .. } => a,
+        }
+    }
+}
+
+/// Fills `buf` from linear address `linear` onwards. Returns how many bytes were read before the
+/// first failure, and the failure; `(buf.len(), None)` when all were.
+pub fn read_linear(
+    cpu: &impl GuestCpu,
+    memory: &GuestMemoryMmap,
+    linear: u64,
+    buf: &mut [u8],
+) -> (usize, Option<AccessError>) {
+    let len = buf.len();
+    by_page(cpu, linear, len, |done, physical, n| {
+        memory
+            .read_slice(&mut buf[done..done + n], GuestAddress(physical))
+            .is_ok()
+    })
+}
+
+/// Writes `data` at linear address `linear`. Every page is translated before any byte is written, so
+/// a write that would fault changes nothing.
+pub fn write_linear(
+    cpu: &impl GuestCpu,
+    memory: &GuestMemoryMmap,
+    linear: u64,
+    data: &[u8],
+) -> Result<(), AccessError> {
+    let mut pages = Vec::new();
+    if let (_, Some(e)) = by_page(cpu, linear, data.len(), |done, physical, n| {
+        pages.push((done, physical, n));
+        GuestMemoryBackend::check_range(memory, GuestAddress(physical), n)
+    }) {
+        return Err(e);
+    }
+    for (done, physical, n) in pages {
+        memory
+            .write_slice(&data[done..done + n], GuestAddress(physical))
+            .map_err(|_| AccessError::NotRam {
+                linear: linear.wrapping_add(done as u64),
+                physical,
+            })?;
+    }
+    Ok(())
+}
+
+/// Walks `len` bytes from `linear` page by page, calling `each(offset, physical, bytes)` for each
+/// piece; stops at the first piece that is not mapped or for which `each` returns false (not RAM).
+fn by_page(
+    cpu: &impl GuestCpu,
+    linear: u64,
+    len: usize,
+    mut each: impl FnMut(usize, u64, usize) -> bool,
+) -> (usize, Option<AccessError>) {
+    let mut done = 0;
+    while done < len {
+        let addr = linear.wrapping_add(done as u64);
+        let in_page = (PAGE - addr % PAGE).min((len - done) as u64) as usize;
+        let physical = match cpu.translate(addr) {
+            Ok(Some(p)) => p,
+            Ok(None) => return (done, Some(AccessError::NotMapped(addr))),
+            Err(_) => return (done, Some(AccessError::Translate(addr))),
+        };
+        if !each(done, physical, in_page) {
+            return (
+                done,
+                Some(AccessError::NotRam {
+                    linear: addr,
+                    physical,
+                }),
+            );
+        }
+        done += in_page;
+    }
+    (done, None)
+}

@@ -1,0 +1,295 @@
+//! The instructions kvmkit finishes for the backend, one function each, and the hints for those it
+//! does not. Every function gets the decoded instruction and the vCPU's state at it, and either
+//! completes it (new registers, RIP past it) or raises the exception the CPU would have raised.
+
+use iced_x86::{Code, Formatter, Instruction, IntelFormatter, Mnemonic, OpKind};
+use kvm_bindings::{kvm_regs, kvm_sregs};
+use vm_memory::GuestMemoryMmap;
+
+use crate::access::{read_linear, write_linear};
+use crate::counts::Kind;
+use crate::cpu::GuestCpu;
+use crate::mode::{Mode, long_mode};
+use crate::{Error, Resolution, registers};
+
+/// Exception vectors the assist raises.
+const UD: u8 = 6;
+const GP: u8 = 13;
+const NM: u8 = 7;
+const PF: u8 = 14;
+const BP: u8 = 3;
+
+const CR0_MP: u64 = 1 << 1;
+const CR0_EM: u64 = 1 << 2;
+const CR4_OSFXSR: u64 = 1 << 9;
+/// The MXCSR bits a CPU with DAZ accepts (MXCSR_MASK); setting any other bit is #GP(0).
+const MXCSR_MASK: u32 = 0xffff;
+const CR0_TS: u64 = 1 << 3;
+const CR4_SMAP: u64 = 1 << 21;
+
+const CF: u64 = 1;
+const PF_FLAG: u64 = 1 << 2;
+const AF: u64 = 1 << 4;
+const ZF: u64 = 1 << 6;
+const SF: u64 = 1 << 7;
+const OF: u64 = 1 << 11;
+const AC: u64 = 1 << 18;
+const ARITH_FLAGS: u64 = CF | PF_FLAG | AF | ZF | SF | OF;
+
+/// The vCPU at the instruction being assisted.
+pub(crate) struct At<'a, C: GuestCpu> {
+    pub cpu: &'a C,
+    pub memory: &'a GuestMemoryMmap,
+    pub regs: kvm_regs,
+    pub sregs: kvm_sregs,
+    pub mode: Mode,
+    pub instr: Instruction,
+    /// The instruction's bytes.
+    pub bytes: &'a [u8],
+}
+
+impl<C: GuestCpu> At<'_, C> {
+    /// The address of the next instruction, wrapped as the CPU wraps IP in 16- and 32-bit code.
+    fn next_rip(&self) -> u64 {
+        let next = self.instr.next_ip();
+        match self.mode.bitness {
+            64 => next,
+            32 => next & 0xffff_ffff,
+            _ => next & 0xffff,
+        }
+    }
+
+    /// Completes the instruction: RIP past it, registers as changed.
+    fn finish(mut self, kind: Kind) -> Result<Resolution, Error> {
+        self.regs.rip = self.next_rip();
+        self.cpu.set_regs(&self.regs)?;
+        Ok(Resolution::Resumed(kind))
+    }
+
+    /// Raises exception `vector` at the instruction (RIP unchanged: a fault).
+    fn fault(self, kind: Kind, vector: u8, error_code: Option<u32>) -> Result<Resolution, Error> {
+        self.cpu.inject_exception(vector, error_code)?;
+        Ok(Resolution::Resumed(kind))
+    }
+
+    /// True if the IDT (or real-mode IVT) has a gate for `vector`.
+    fn idt_has(&self, vector: u8) -> bool {
+        let gate = self.mode.gate_size(long_mode(&self.sregs));
+        u64::from(self.sregs.idt.limit) >= (u64::from(vector) + 1) * gate - 1
+    }
+
+    /// The linear address of the instruction's memory operand `operand`.
+    fn operand_address(&self, operand: u32) -> u64 {
+        let (regs, sregs, mode) = (&self.regs, &self.sregs, self.mode);
+        let address = self
+            .instr
+            .virtual_address(operand, 0, |reg, _, _| {
+                registers::value(regs, sregs, mode, reg)
+            })
+            .unwrap_or(u64::MAX);
+        if mode.bitness == 64 {
+            address
+        } else {
+            address & 0xffff_ffff
+        }
+    }
+
+    /// Reads the instruction's memory operand `size` bytes wide; `Err` with the linear address that
+    /// is not mapped.
+    fn read_memory_operand(&self, operand: u32, size: usize) -> Result<u64, u64> {
+        let mut buf = [0u8; 8];
+        let linear = self.operand_address(operand);
+        match read_linear(self.cpu, self.memory, linear, &mut buf[..size]) {
+            (_, None) => Ok(u64::from_le_bytes(buf)),
+            (_, Some(e)) => Err(e.linear()),
+        }
+    }
+
+    /// Writes `data` to the instruction's memory operand `operand`; `Err` with the linear address
+    /// that is not mapped (nothing is written then).
+    fn write_memory_operand(&self, operand: u32, data: &[u8]) -> Result<(), u64> {
+        let linear = self.operand_address(operand);
+        write_linear(self.cpu, self.memory, linear, data).map_err(|e| e.linear())
+    }
+
+    /// Raises the page fault an access to `linear` takes (not present; W for a write, U from CPL 3).
+    fn page_fault(self, kind: Kind, linear: u64, write: bool) -> Result<Resolution, Error> {
+        let mut sregs = self.sregs;
+        sregs.cr2 = linear;
+        self.cpu.set_sregs(&sregs)?;
+        let user = if self.mode.cpl == 3 { 1 << 2 } else { 0 };
+        let write = if write { 1 << 1 } else { 0 };
+        self.fault(kind, PF, Some(user | write))
+    }
+}
+
+/// Finishes `at.instr`, or says why not.
+pub(crate) fn assist<C: GuestCpu>(at: At<'_, C>) -> Result<Resolution, Error> {
+    match at.instr.code() {
+        Code::Int3 => int3(at),
+        Code::Wait => fwait(at),
+        Code::Clac => smap_flag(at, Kind::Clac, false),
+        Code::Stac => smap_flag(at, Kind::Stac, true),
+        Code::Popcnt_r16_rm16 | Code::Popcnt_r32_rm32 | Code::Popcnt_r64_rm64 => popcnt(at),
+        Code::Rdrand_r16 | Code::Rdrand_r32 | Code::Rdrand_r64 => random(at, Kind::Rdrand),
+        Code::Rdseed_r16 | Code::Rdseed_r32 | Code::Rdseed_r64 => random(at, Kind::Rdseed),
+        Code::Ldmxcsr_m32 => mxcsr(at, Kind::Ldmxcsr),
+        Code::Stmxcsr_m32 => mxcsr(at, Kind::Stmxcsr),
+        _ => Err(unsupported(&at.instr, at.regs.rip, at.bytes)),
+    }
+}
+
+/// INT3: the guest's #BP handler runs with the return address after the INT3, as on a CPU. With no
+/// gate for #BP in the IDT (an empty IDT, which Linux's `reboot=t` loads on purpose) the CPU would
+/// end up in a triple fault: so does the VM.
+fn int3<C: GuestCpu>(at: At<'_, C>) -> Result<Resolution, Error> {
+    if !at.idt_has(BP) {
+        return Ok(Resolution::TripleFault(Kind::Int3));
+    }
+    let mut at = at;
+    at.regs.rip = at.next_rip();
+    at.cpu.set_regs(&at.regs)?;
+    at.cpu.inject_exception(BP, None)?;
+    Ok(Resolution::Resumed(Kind::Int3))
+}
+
+/// FWAIT: waits for pending unmasked x87 exceptions, which the backend's guests never have pending
+/// (Linux masks them). With CR0.MP and CR0.TS set, it raises #NM instead.
+fn fwait<C: GuestCpu>(at: At<'_, C>) -> Result<Resolution, Error> {
+    if at.sregs.cr0 & (CR0_MP | CR0_TS) == (CR0_MP | CR0_TS) {
+        return at.fault(Kind::Fwait, NM, None);
+    }
+    at.finish(Kind::Fwait)
+}
+
+/// CLAC / STAC: clear or set RFLAGS.AC. #UD outside ring 0 or without CR4.SMAP, as on a CPU.
+fn smap_flag<C: GuestCpu>(mut at: At<'_, C>, kind: Kind, set: bool) -> Result<Resolution, Error> {
+    if at.mode.cpl != 0 || at.sregs.cr4 & CR4_SMAP == 0 {
+        return at.fault(kind, UD, None);
+    }
+    if set {
+        at.regs.rflags |= AC;
+    } else {
+        at.regs.rflags &= !AC;
+    }
+    at.finish(kind)
+}
+
+/// POPCNT r, r/m: the number of set bits; ZF if the source is 0; CF, PF, AF, SF, OF cleared.
+fn popcnt<C: GuestCpu>(mut at: At<'_, C>) -> Result<Resolution, Error> {
+    let dest = at.instr.op0_register();
+    let size = dest.size();
+    let source = match at.instr.op1_kind() {
+        OpKind::Register => {
+            registers::value(&at.regs, &at.sregs, at.mode, at.instr.op1_register()).unwrap_or(0)
+        }
+        _ => match at.read_memory_operand(1, size) {
+            Ok(v) => v,
+            Err(linear) => return at.page_fault(Kind::Popcnt, linear, false),
+        },
+    };
+    let source = if size == 8 {
+        source
+    } else {
+        source & ((1u64 << (size * 8)) - 1)
+    };
+    registers::write(&mut at.regs, dest, u64::from(source.count_ones()));
+    at.regs.rflags &= !ARITH_FLAGS;
+    if source == 0 {
+        at.regs.rflags |= ZF;
+    }
+    at.finish(Kind::Popcnt)
+}
+
+/// RDRAND / RDSEED r: a random value from the host's kernel (getrandom), CF set (valid), the other
+/// arithmetic flags cleared.
+fn random<C: GuestCpu>(mut at: At<'_, C>, kind: Kind) -> Result<Resolution, Error> {
+    let mut buf = [0u8; 8];
+    // SAFETY: getrandom writes at most buf.len() bytes into the buffer we own.
+    let got = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    at.regs.rflags &= !ARITH_FLAGS;
+    if got == buf.len() as isize {
+        registers::write(
+            &mut at.regs,
+            at.instr.op0_register(),
+            u64::from_le_bytes(buf),
+        );
+        at.regs.rflags |= CF;
+    } else {
+        // No randomness now: what a CPU reports when its generator is drained (CF = 0, value 0).
+        registers::write(&mut at.regs, at.instr.op0_register(), 0);
+    }
+    at.finish(kind)
+}
+
+/// LDMXCSR m32 / STMXCSR m32: load or store the SSE control/status register, which KVM keeps in the
+/// vCPU's FPU state. #UD with CR0.EM set or CR4.OSFXSR clear, #NM with CR0.TS set, #GP(0) for a
+/// reserved bit, #PF for an unmapped operand.
+fn mxcsr<C: GuestCpu>(at: At<'_, C>, kind: Kind) -> Result<Resolution, Error> {
+    if at.sregs.cr0 & CR0_EM != 0 || at.sregs.cr4 & CR4_OSFXSR == 0 {
+        return at.fault(kind, UD, None);
+    }
+    if at.sregs.cr0 & CR0_TS != 0 {
+        return at.fault(kind, NM, None);
+    }
+    let mut fpu = at.cpu.fpu()?;
+    if kind == Kind::Stmxcsr {
+        if let Err(linear) = at.write_memory_operand(0, &fpu.mxcsr.to_le_bytes()) {
+            return at.page_fault(kind, linear, true);
+        }
+        return at.finish(kind);
+    }
+    let value = match at.read_memory_operand(0, 4) {
+        Ok(v) => v as u32,
+        Err(linear) => return at.page_fault(kind, linear, false),
+    };
+    if value & !MXCSR_MASK != 0 {
+        return at.fault(kind, GP, Some(0));
+    }
+    fpu.mxcsr = value;
+    at.cpu.set_fpu(&fpu)?;
+    at.finish(kind)
+}
+
+/// The error for an instruction kvmkit does not finish, with what may help.
+pub(crate) fn unsupported(instr: &Instruction, rip: u64, bytes: &[u8]) -> Error {
+    let mut text = String::new();
+    IntelFormatter::new().format(instr, &mut text);
+    Error::Unsupported {
+        rip,
+        text,
+        bytes: crate::error::Bytes(bytes.to_vec()),
+        hint: hint(instr.mnemonic()),
+    }
+}
+
+/// What a user can do about an instruction neither the backend nor kvmkit runs.
+fn hint(mnemonic: Mnemonic) -> &'static str {
+    use Mnemonic as M;
+    match mnemonic {
+        M::Xsave
+        | M::Xsave64
+        | M::Xsaveopt
+        | M::Xsaveopt64
+        | M::Xsavec
+        | M::Xsavec64
+        | M::Xsaves
+        | M::Xsaves64
+        | M::Xrstor
+        | M::Xrstor64
+        | M::Xrstors
+        | M::Xrstors64
+        | M::Xsetbv
+        | M::Xgetbv => "boot the guest kernel with `noxsave`",
+        M::Cmpxchg16b => "boot the guest kernel with `clearcpuid=cx16`",
+        M::Invpcid => "boot the guest kernel with `nopcid clearcpuid=invpcid`",
+        M::Rdfsbase | M::Rdgsbase | M::Wrfsbase | M::Wrgsbase => {
+            "boot the guest kernel with `nofsgsbase`"
+        }
+        M::Rdpid => "boot the guest kernel with `clearcpuid=rdpid`",
+        M::Serialize => "boot the guest kernel with `clearcpuid=serialize`",
+        _ => {
+            "the guest must avoid this instruction on a software KVM host (see docs/software-kvm.md)"
+        }
+    }
+}

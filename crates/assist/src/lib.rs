@@ -1,0 +1,111 @@
+#![doc = include_str!("../README.md")]
+
+mod access;
+mod counts;
+mod cpu;
+mod error;
+mod instructions;
+mod mode;
+mod registers;
+pub mod syscall;
+
+#[cfg(test)]
+mod tests;
+
+use iced_x86::{Decoder, DecoderOptions};
+use vm_memory::GuestMemoryMmap;
+
+pub use access::AccessError;
+pub use counts::{Counts, Kind};
+pub use cpu::GuestCpu;
+pub use error::{Bytes, Error};
+pub use mode::Mode;
+pub use syscall::{Entry, SyscallBridge, SyscallError};
+
+/// The longest x86 instruction.
+const MAX_INSN: usize = 15;
+
+/// What an assist did with the instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// The guest can run on: the instruction completed (RIP is past it), or the exception it raises
+    /// on a CPU is injected.
+    Resumed(Kind),
+    /// The instruction raises an exception that the guest has no IDT gate for: on a CPU that ends in
+    /// a triple fault (x86 shutdown), and so does the VM.
+    TripleFault(Kind),
+}
+
+/// Finishes the guest instructions that a software KVM backend's emulator gives up on
+/// (`KVM_EXIT_INTERNAL_ERROR`, emulation failure), and counts them. One per VM, shared by its vCPU
+/// threads.
+#[derive(Debug)]
+pub struct Assist {
+    memory: GuestMemoryMmap,
+    counts: Counts,
+}
+
+impl Assist {
+    /// An assist that reads the guest's code and operands from `memory`.
+    pub fn new(memory: GuestMemoryMmap) -> Self {
+        Self {
+            memory,
+            counts: Counts::default(),
+        }
+    }
+
+    /// The guest memory the assist reads code and operands from.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// How many instructions of each kind were assisted so far.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// Handles an emulation failure of `cpu`, stopped at the instruction the backend could not run:
+    /// reads it at RIP through the guest's page tables, decodes it for the vCPU's mode, and completes
+    /// it or raises its exception. Any other instruction, or one that cannot be read or decoded, is an
+    /// [`Error`] that says which, where, and what may help; the guest's state is then unchanged.
+    pub fn handle(&self, cpu: &impl GuestCpu) -> Result<Resolution, Error> {
+        let regs = cpu.regs()?;
+        let sregs = cpu.sregs()?;
+        let mode = Mode::of(&sregs);
+        let linear = if mode.bitness == 64 {
+            regs.rip
+        } else {
+            mode.linear(sregs.cs.base, regs.rip)
+        };
+        let mut bytes = [0u8; MAX_INSN];
+        let (n, failed) = access::read_linear(cpu, &self.memory, linear, &mut bytes);
+        if let (0, Some(source)) = (n, failed) {
+            return Err(Error::Fetch {
+                rip: regs.rip,
+                source,
+            });
+        }
+        let mut decoder =
+            Decoder::with_ip(mode.bitness, &bytes[..n], regs.rip, DecoderOptions::NONE);
+        let instr = decoder.decode();
+        if instr.is_invalid() {
+            return Err(Error::Decode {
+                rip: regs.rip,
+                bitness: mode.bitness,
+                bytes: Bytes(bytes[..n].to_vec()),
+            });
+        }
+        let resolution = instructions::assist(instructions::At {
+            cpu,
+            memory: &self.memory,
+            regs,
+            sregs,
+            mode,
+            instr,
+            bytes: &bytes[..instr.len().min(n)],
+        })?;
+        let (Resolution::Resumed(kind) | Resolution::TripleFault(kind)) = resolution;
+        self.counts.add(kind);
+        Ok(resolution)
+    }
+}

@@ -1,0 +1,518 @@
+//! The assists against a fake vCPU: guest memory is real (vm-memory), the page tables are a map from
+//! linear page to guest-physical page.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
+use vm_memory::{Bytes as _, GuestAddress, GuestMemoryMmap};
+
+use crate::{Assist, Error, GuestCpu, Kind, Resolution};
+
+const CODE: u64 = 0x1000;
+
+/// A vCPU whose state lives in cells, with the exceptions injected into it recorded.
+struct FakeCpu {
+    regs: RefCell<kvm_regs>,
+    sregs: RefCell<kvm_sregs>,
+    fpu: RefCell<kvm_fpu>,
+    /// Linear page -> guest-physical page; pages not here are not mapped.
+    pages: HashMap<u64, u64>,
+    injected: RefCell<Vec<(u8, Option<u32>)>>,
+    msrs: RefCell<HashMap<u32, u64>>,
+    breakpoint: RefCell<Option<u64>>,
+}
+
+impl GuestCpu for FakeCpu {
+    fn regs(&self) -> Result<kvm_regs, accel::Error> {
+        Ok(*self.regs.borrow())
+    }
+    fn set_regs(&self, regs: &kvm_regs) -> Result<(), accel::Error> {
+        *self.regs.borrow_mut() = *regs;
+        Ok(())
+    }
+    fn sregs(&self) -> Result<kvm_sregs, accel::Error> {
+        Ok(*self.sregs.borrow())
+    }
+    fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), accel::Error> {
+        *self.sregs.borrow_mut() = *sregs;
+        Ok(())
+    }
+    fn fpu(&self) -> Result<kvm_fpu, accel::Error> {
+        Ok(*self.fpu.borrow())
+    }
+    fn set_fpu(&self, fpu: &kvm_fpu) -> Result<(), accel::Error> {
+        *self.fpu.borrow_mut() = *fpu;
+        Ok(())
+    }
+    fn translate(&self, gva: u64) -> Result<Option<u64>, accel::Error> {
+        Ok(self.pages.get(&(gva & !0xfff)).map(|p| p | (gva & 0xfff)))
+    }
+    fn inject_exception(&self, vector: u8, error_code: Option<u32>) -> Result<(), accel::Error> {
+        self.injected.borrow_mut().push((vector, error_code));
+        Ok(())
+    }
+    fn msr(&self, index: u32) -> Result<u64, accel::Error> {
+        Ok(self.msrs.borrow().get(&index).copied().unwrap_or(0))
+    }
+    fn set_msr(&self, index: u32, value: u64) -> Result<(), accel::Error> {
+        self.msrs.borrow_mut().insert(index, value);
+        Ok(())
+    }
+    fn set_hw_breakpoint(&self, addr: Option<u64>) -> Result<(), accel::Error> {
+        *self.breakpoint.borrow_mut() = addr;
+        Ok(())
+    }
+}
+
+/// 64 KiB of guest RAM, identity-mapped except page 0x8000 (not mapped), with `code` at [`CODE`].
+fn long_mode(code: &[u8]) -> (FakeCpu, Assist) {
+    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    memory.write_slice(code, GuestAddress(CODE)).unwrap();
+    let mut sregs = kvm_sregs {
+        cr0: 0x8000_0011,          // PG | ET | PE
+        cr4: (1 << 21) | (1 << 9), // SMAP | OSFXSR
+        efer: 0x500,               // LME | LMA
+        ..Default::default()
+    };
+    sregs.cs.l = 1;
+    sregs.idt.limit = 256 * 16 - 1;
+    let pages = (0..0x10000u64)
+        .step_by(0x1000)
+        .filter(|&p| p != 0x8000)
+        .map(|p| (p, p))
+        .collect();
+    let cpu = FakeCpu {
+        regs: RefCell::new(kvm_regs {
+            rip: CODE,
+            rflags: 2,
+            ..Default::default()
+        }),
+        sregs: RefCell::new(sregs),
+        fpu: RefCell::new(kvm_fpu {
+            mxcsr: 0x1f80,
+            ..Default::default()
+        }),
+        pages,
+        injected: RefCell::new(Vec::new()),
+        msrs: RefCell::new(HashMap::new()),
+        breakpoint: RefCell::new(None),
+    };
+    (cpu, Assist::new(memory))
+}
+
+#[test]
+fn int3_runs_the_bp_handler_after_it() {
+    let (cpu, assist) = long_mode(&[0xcc]);
+    assert_eq!(
+        assist.handle(&cpu).unwrap(),
+        Resolution::Resumed(Kind::Int3)
+    );
+    assert_eq!(cpu.regs.borrow().rip, CODE + 1);
+    assert_eq!(*cpu.injected.borrow(), vec![(3, None)]);
+    assert_eq!(assist.counts().get(Kind::Int3), 1);
+}
+
+#[test]
+fn int3_with_an_empty_idt_is_a_triple_fault() {
+    let (cpu, assist) = long_mode(&[0xcc]);
+    cpu.sregs.borrow_mut().idt.limit = 0;
+    assert_eq!(
+        assist.handle(&cpu).unwrap(),
+        Resolution::TripleFault(Kind::Int3)
+    );
+    assert_eq!(cpu.regs.borrow().rip, CODE);
+    assert!(cpu.injected.borrow().is_empty());
+}
+
+#[test]
+fn int3_in_real_mode_uses_cs_base_and_the_ivt() {
+    let (cpu, assist) = long_mode(&[]);
+    assist
+        .memory
+        .write_slice(&[0xcc], GuestAddress(0x2010))
+        .unwrap();
+    {
+        let mut s = cpu.sregs.borrow_mut();
+        s.cr0 = 0;
+        s.efer = 0;
+        s.cs.l = 0;
+        s.cs.base = 0x2000;
+        s.idt.limit = 0x3ff;
+    }
+    cpu.regs.borrow_mut().rip = 0x10;
+    assert_eq!(
+        assist.handle(&cpu).unwrap(),
+        Resolution::Resumed(Kind::Int3)
+    );
+    assert_eq!(cpu.regs.borrow().rip, 0x11);
+}
+
+#[test]
+fn fwait_is_skipped_unless_the_fpu_is_switched_away() {
+    let (cpu, assist) = long_mode(&[0x9b, 0x9b]);
+    assert_eq!(
+        assist.handle(&cpu).unwrap(),
+        Resolution::Resumed(Kind::Fwait)
+    );
+    assert_eq!(cpu.regs.borrow().rip, CODE + 1);
+    cpu.sregs.borrow_mut().cr0 |= 0b1010; // MP | TS
+    assist.handle(&cpu).unwrap();
+    assert_eq!(cpu.regs.borrow().rip, CODE + 1, "#NM is a fault: RIP stays");
+    assert_eq!(*cpu.injected.borrow(), vec![(7, None)]);
+    assert_eq!(assist.counts().get(Kind::Fwait), 2);
+}
+
+#[test]
+fn clac_and_stac_change_ac_in_ring_0_only() {
+    let (cpu, assist) = long_mode(&[0x0f, 0x01, 0xcb, 0x0f, 0x01, 0xca]);
+    assist.handle(&cpu).unwrap();
+    assert_eq!(cpu.regs.borrow().rflags, 2 | 1 << 18);
+    assist.handle(&cpu).unwrap();
+    assert_eq!(cpu.regs.borrow().rflags, 2);
+    assert_eq!(cpu.regs.borrow().rip, CODE + 6);
+    cpu.sregs.borrow_mut().cs.dpl = 3;
+    cpu.regs.borrow_mut().rip = CODE;
+    assert_eq!(
+        assist.handle(&cpu).unwrap(),
+        Resolution::Resumed(Kind::Stac)
+    );
+    assert_eq!(*cpu.injected.borrow(), vec![(6, None)]);
+    assert_eq!(cpu.regs.borrow().rflags, 2);
+    assert_eq!(cpu.regs.borrow().rip, CODE);
+}
+
+#[test]
+fn popcnt_of_registers_and_memory() {
+    let code = [
+        0xf3, 0x48, 0x0f, 0xb8, 0xc3, // popcnt rax, rbx
+        0xf3, 0x0f, 0xb8, 0x0d, 0xf3, 0x0f, 0x00,
+        0x00, // popcnt ecx, [rip + 0xff3] (= 0x2000)
+        0x66, 0xf3, 0x0f, 0xb8, 0xd6, // popcnt dx, si
+    ];
+    let (cpu, assist) = long_mode(&code);
+    assist
+        .memory
+        .write_obj(0xffff_0000_0000_0007u64, GuestAddress(0x2000))
+        .unwrap();
+    {
+        let mut r = cpu.regs.borrow_mut();
+        r.rbx = u64::MAX;
+        r.rcx = u64::MAX;
+        r.rdx = 0xaaaa_0000_0000_ffff;
+        r.rsi = 0xffff_0000;
+        r.rflags = 2 | 1; // CF set: POPCNT clears it
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            assist.handle(&cpu).unwrap(),
+            Resolution::Resumed(Kind::Popcnt)
+        );
+    }
+    let r = *cpu.regs.borrow();
+    assert_eq!(r.rax, 64);
+    assert_eq!(
+        r.rcx, 3,
+        "32-bit read of 0x00000007, upper half of RCX zeroed"
+    );
+    assert_eq!(
+        r.rdx, 0xaaaa_0000_0000_0000,
+        "16-bit write keeps bits 16-63"
+    );
+    assert_eq!(r.rflags, 2 | 1 << 6, "source 0 sets ZF and clears CF");
+    assert_eq!(r.rip, CODE + code.len() as u64);
+}
+
+#[test]
+fn popcnt_of_an_unmapped_operand_is_a_page_fault() {
+    let (cpu, assist) = long_mode(&[0xf3, 0x48, 0x0f, 0xb8, 0x03]); // popcnt rax, [rbx]
+    cpu.regs.borrow_mut().rbx = 0x8010;
+    assert_eq!(
+        assist.handle(&cpu).unwrap(),
+        Resolution::Resumed(Kind::Popcnt)
+    );
+    assert_eq!(*cpu.injected.borrow(), vec![(14, Some(0))]);
+    assert_eq!(cpu.sregs.borrow().cr2, 0x8010);
+    assert_eq!(cpu.regs.borrow().rip, CODE);
+}
+
+#[test]
+fn rdrand_and_rdseed_return_valid_randomness() {
+    let (cpu, assist) = long_mode(&[0x48, 0x0f, 0xc7, 0xf0, 0x0f, 0xc7, 0xf9]); // rdrand rax; rdseed ecx
+    cpu.regs.borrow_mut().rcx = u64::MAX;
+    assert_eq!(
+        assist.handle(&cpu).unwrap(),
+        Resolution::Resumed(Kind::Rdrand)
+    );
+    assert_eq!(
+        assist.handle(&cpu).unwrap(),
+        Resolution::Resumed(Kind::Rdseed)
+    );
+    let r = *cpu.regs.borrow();
+    assert_eq!(r.rflags & 1, 1);
+    assert!(r.rcx <= u64::from(u32::MAX));
+    assert_eq!(r.rip, CODE + 7);
+}
+
+#[test]
+fn other_instructions_are_reported_with_bytes_and_a_hint() {
+    let (cpu, assist) = long_mode(&[0x48, 0x0f, 0xae, 0x2f]); // xrstor64 [rdi]
+    let e = assist.handle(&cpu).unwrap_err().to_string();
+    assert!(e.contains("xrstor64"), "{e}");
+    assert!(e.contains("48 0f ae 2f"), "{e}");
+    assert!(e.contains("rip 0x1000"), "{e}");
+    assert!(e.contains("noxsave"), "{e}");
+    assert_eq!(cpu.regs.borrow().rip, CODE, "state unchanged");
+    assert_eq!(assist.counts().total(), 0);
+}
+
+#[test]
+fn unreadable_or_invalid_code_is_an_error_not_a_panic() {
+    let (cpu, assist) = long_mode(&[0x06]); // PUSH ES: not an instruction in 64-bit mode
+    assert!(matches!(assist.handle(&cpu), Err(Error::Decode { .. })));
+    cpu.regs.borrow_mut().rip = 0x8000; // not mapped
+    assert!(matches!(assist.handle(&cpu), Err(Error::Fetch { .. })));
+    cpu.regs.borrow_mut().rip = 0xffff_ffff_ffff_fff0; // maps nowhere, wraps at the top
+    assert!(matches!(assist.handle(&cpu), Err(Error::Fetch { .. })));
+    // POPCNT whose last bytes are on the unmapped page: too short to decode.
+    assist
+        .memory
+        .write_slice(&[0xf3, 0x48, 0x0f], GuestAddress(0x7ffd))
+        .unwrap();
+    cpu.regs.borrow_mut().rip = 0x7ffd;
+    assert!(matches!(assist.handle(&cpu), Err(Error::Decode { .. })));
+}
+
+#[test]
+fn a_page_table_pointing_outside_ram_is_an_error() {
+    let (mut cpu, assist) = long_mode(&[]);
+    cpu.pages.insert(0x4000_0000, 0xfee0_0000);
+    cpu.regs.borrow_mut().rip = 0x4000_0000;
+    let e = assist.handle(&cpu).unwrap_err().to_string();
+    assert!(e.contains("not guest RAM"), "{e}");
+}
+
+#[test]
+fn ldmxcsr_and_stmxcsr_go_through_the_fpu_state() {
+    let code = [
+        0x0f, 0xae, 0x16, // ldmxcsr [rsi]
+        0x0f, 0xae, 0x1f, // stmxcsr [rdi]
+    ];
+    let (cpu, assist) = long_mode(&code);
+    assist
+        .memory
+        .write_obj(0x7f80u32, GuestAddress(0x2000))
+        .unwrap();
+    {
+        let mut r = cpu.regs.borrow_mut();
+        r.rsi = 0x2000;
+        r.rdi = 0x2ffe; // straddles two pages
+    }
+    assert_eq!(
+        assist.handle(&cpu).unwrap(),
+        Resolution::Resumed(Kind::Ldmxcsr)
+    );
+    assert_eq!(cpu.fpu.borrow().mxcsr, 0x7f80);
+    assert_eq!(
+        assist.handle(&cpu).unwrap(),
+        Resolution::Resumed(Kind::Stmxcsr)
+    );
+    assert_eq!(
+        assist.memory.read_obj::<u32>(GuestAddress(0x2ffe)).unwrap(),
+        0x7f80
+    );
+    assert_eq!(cpu.regs.borrow().rip, CODE + 6);
+}
+
+#[test]
+fn ldmxcsr_faults_like_a_cpu() {
+    let (cpu, assist) = long_mode(&[0x0f, 0xae, 0x16]); // ldmxcsr [rsi]
+    assist
+        .memory
+        .write_obj(0x1_0000u32, GuestAddress(0x2000))
+        .unwrap();
+    cpu.regs.borrow_mut().rsi = 0x2000;
+    assist.handle(&cpu).unwrap();
+    assert_eq!(cpu.fpu.borrow().mxcsr, 0x1f80, "reserved bit: unchanged");
+    cpu.regs.borrow_mut().rsi = 0x7ffe; // the operand's second half is on the unmapped page
+    assist.handle(&cpu).unwrap();
+    cpu.sregs.borrow_mut().cr0 |= 1 << 3; // TS
+    assist.handle(&cpu).unwrap();
+    cpu.sregs.borrow_mut().cr4 &= !(1 << 9); // no OSFXSR
+    assist.handle(&cpu).unwrap();
+    assert_eq!(
+        *cpu.injected.borrow(),
+        vec![(13, Some(0)), (14, Some(0)), (7, None), (6, None)]
+    );
+    assert_eq!(cpu.sregs.borrow().cr2, 0x8000);
+    assert_eq!(cpu.regs.borrow().rip, CODE);
+}
+
+#[test]
+fn stmxcsr_to_an_unmapped_page_writes_nothing() {
+    let (cpu, assist) = long_mode(&[0x0f, 0xae, 0x1f]); // stmxcsr [rdi]
+    cpu.regs.borrow_mut().rdi = 0x7ffe;
+    assist.handle(&cpu).unwrap();
+    assert_eq!(*cpu.injected.borrow(), vec![(14, Some(2))]);
+    assert_eq!(
+        assist.memory.read_obj::<u16>(GuestAddress(0x7ffe)).unwrap(),
+        0
+    );
+}
+
+mod syscall_bridge {
+    use super::*;
+    use crate::syscall::{MSR_LSTAR, MSR_SFMASK, MSR_STAR};
+    use crate::{Entry, SyscallBridge};
+
+    const IDT: u64 = 0x3000;
+    const HANDLER: u64 = 0x5000;
+    const ENTRY: u64 = 0x6000;
+    const KERNEL_STACK: u64 = 0x4000;
+
+    /// A long-mode vCPU whose IDT's #PF gate points at [`HANDLER`] (code `handler`), with Linux's
+    /// STAR and SFMASK.
+    fn kernel(handler: &[u8]) -> (FakeCpu, Assist) {
+        let (cpu, assist) = long_mode(&[]);
+        let mut gate = [0u8; 16];
+        gate[0..2].copy_from_slice(&(HANDLER as u16).to_le_bytes());
+        gate[2..4].copy_from_slice(&0x10u16.to_le_bytes());
+        gate[5] = 0x8e;
+        assist
+            .memory
+            .write_slice(&gate, GuestAddress(IDT + 14 * 16))
+            .unwrap();
+        assist
+            .memory
+            .write_slice(handler, GuestAddress(HANDLER))
+            .unwrap();
+        {
+            let mut s = cpu.sregs.borrow_mut();
+            s.idt.base = IDT;
+            s.idt.limit = 256 * 16 - 1;
+        }
+        cpu.set_msr(MSR_STAR, 0x0023_0010_0000_0000).unwrap();
+        cpu.set_msr(MSR_SFMASK, 0x47700).unwrap();
+        (cpu, assist)
+    }
+
+    /// Puts the vCPU where the CPU leaves it on entering the #PF handler from ring 3: the frame on the
+    /// kernel stack, CR2, and RIP at the handler.
+    fn page_fault_from_user(cpu: &FakeCpu, assist: &Assist, rip: u64, cr2: u64, error: u64) {
+        let frame = [error, rip, 0x33, 0x10202, 0x7ff0, 0x2b];
+        for (i, word) in frame.iter().enumerate() {
+            assist
+                .memory
+                .write_obj(*word, GuestAddress(KERNEL_STACK + i as u64 * 8))
+                .unwrap();
+        }
+        let mut r = cpu.regs.borrow_mut();
+        r.rip = HANDLER;
+        r.rsp = KERNEL_STACK;
+        r.rflags = 2;
+        r.rcx = 0x40_1234; // SYSCALL's return address, as the backend left it
+        cpu.sregs.borrow_mut().cr2 = cr2;
+    }
+
+    #[test]
+    fn an_lstar_write_is_done_for_the_guest_and_arms_the_pf_handler() {
+        let (cpu, assist) = kernel(&[0x90]);
+        let mut bridge = SyscallBridge::default();
+        assert!(bridge.lstar_written(&assist, &cpu, ENTRY).unwrap());
+        assert_eq!(cpu.msr(MSR_LSTAR).unwrap(), ENTRY);
+        assert_eq!(*cpu.breakpoint.borrow(), Some(HANDLER));
+    }
+
+    #[test]
+    fn without_a_pf_gate_nothing_is_armed() {
+        let (cpu, assist) = kernel(&[0x90]);
+        cpu.sregs.borrow_mut().idt.limit = 7;
+        let mut bridge = SyscallBridge::default();
+        assert!(!bridge.lstar_written(&assist, &cpu, ENTRY).unwrap());
+        assert_eq!(cpu.msr(MSR_LSTAR).unwrap(), ENTRY);
+        assert_eq!(*cpu.breakpoint.borrow(), None);
+    }
+
+    #[test]
+    fn a_syscall_left_in_ring_3_is_finished_in_ring_0() {
+        let (cpu, assist) = kernel(&[0x90]);
+        let mut bridge = SyscallBridge::default();
+        bridge.lstar_written(&assist, &cpu, ENTRY).unwrap();
+        page_fault_from_user(&cpu, &assist, ENTRY, ENTRY, 0x15); // present | user | fetch
+        assert_eq!(
+            bridge.breakpoint(&assist, &cpu, HANDLER).unwrap(),
+            Entry::Finished
+        );
+        let (r, s) = (*cpu.regs.borrow(), *cpu.sregs.borrow());
+        assert_eq!((r.rip, r.rsp, r.rcx), (ENTRY, 0x7ff0, 0x40_1234));
+        assert_eq!(r.rflags, 0x2, "IF, TF, DF, AC... masked by SFMASK");
+        assert_eq!((s.cs.selector, s.cs.dpl, s.cs.l), (0x10, 0, 1));
+        assert_eq!((s.ss.selector, s.ss.dpl), (0x18, 0));
+        assert_eq!(assist.counts().get(Kind::Syscall), 1);
+        assert_eq!(*cpu.breakpoint.borrow(), Some(HANDLER), "still armed");
+    }
+
+    #[test]
+    fn other_page_faults_reach_the_handler_and_the_breakpoint_comes_back() {
+        let (cpu, assist) = kernel(&[0x90, 0xfc]); // nop; cld
+        let mut bridge = SyscallBridge::default();
+        bridge.lstar_written(&assist, &cpu, ENTRY).unwrap();
+        page_fault_from_user(&cpu, &assist, 0x40_1000, 0x40_1000, 0x14);
+        assert_eq!(
+            bridge.breakpoint(&assist, &cpu, HANDLER).unwrap(),
+            Entry::Passed
+        );
+        assert_eq!(cpu.regs.borrow().rip, HANDLER, "the handler runs unchanged");
+        assert_eq!(*cpu.breakpoint.borrow(), Some(HANDLER + 1));
+        assert_eq!(
+            bridge.breakpoint(&assist, &cpu, HANDLER + 1).unwrap(),
+            Entry::Rearmed
+        );
+        assert_eq!(*cpu.breakpoint.borrow(), Some(HANDLER));
+        // A data fault at the entry address (not a fetch) is not a system call either.
+        page_fault_from_user(&cpu, &assist, 0x40_1000, ENTRY, 0x05);
+        assert_eq!(
+            bridge.breakpoint(&assist, &cpu, HANDLER).unwrap(),
+            Entry::Passed
+        );
+        assert_eq!(assist.counts().get(Kind::Syscall), 0);
+    }
+
+    #[test]
+    fn a_handler_that_starts_with_a_jump_disarms_the_bridge() {
+        let (cpu, assist) = kernel(&[0xeb, 0xfe]); // jmp $
+        let mut bridge = SyscallBridge::default();
+        bridge.lstar_written(&assist, &cpu, ENTRY).unwrap();
+        page_fault_from_user(&cpu, &assist, 0x40_1000, 0x40_1000, 0x14);
+        assert_eq!(
+            bridge.breakpoint(&assist, &cpu, HANDLER).unwrap(),
+            Entry::Passed
+        );
+        assert_eq!(*cpu.breakpoint.borrow(), None);
+    }
+
+    #[test]
+    fn the_guests_own_debug_exceptions_go_back_to_it() {
+        let (cpu, assist) = kernel(&[0x90]);
+        let mut bridge = SyscallBridge::default();
+        bridge.lstar_written(&assist, &cpu, ENTRY).unwrap();
+        assert_eq!(
+            bridge.breakpoint(&assist, &cpu, 0x1234).unwrap(),
+            Entry::Reflected
+        );
+        assert_eq!(*cpu.injected.borrow(), vec![(1, None)]);
+    }
+
+    #[test]
+    fn an_unreadable_frame_is_passed_on() {
+        let (cpu, assist) = kernel(&[0x90]);
+        let mut bridge = SyscallBridge::default();
+        bridge.lstar_written(&assist, &cpu, ENTRY).unwrap();
+        page_fault_from_user(&cpu, &assist, ENTRY, ENTRY, 0x15);
+        cpu.regs.borrow_mut().rsp = 0x7ff8; // the frame runs into the unmapped page
+        assert_eq!(
+            bridge.breakpoint(&assist, &cpu, HANDLER).unwrap(),
+            Entry::Passed
+        );
+    }
+}

@@ -1,0 +1,119 @@
+//! Boots kernels that no other VMM boots on a software-KVM host, with no workaround flags on their
+//! command line: tools/guest's kernel built without any of its patches (`vmlinux-unpatched`), and
+//! Debian's own cloud kernel (`debian-vmlinux`, from tools/guest/debian-kernel.sh). kvmkit's
+//! instruction assist finishes the INT3s and FWAITs the backend's emulator gives up on; with
+//! `--instruction-assist off` the first INT3 ends the VM with KVM's internal error, as in any VMM.
+//!
+//! On hardware KVM the same kernels boot without any assist, and the tests check that instead.
+//! On a software-KVM host the unpatched kernel takes about a minute; Debian's takes several.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::process::{Command, Stdio};
+
+/// What kvmkit and the guest printed, and kvmkit's exit code.
+struct Run {
+    stdout: String,
+    stderr: String,
+    code: Option<i32>,
+}
+
+impl Run {
+    fn context(&self) -> String {
+        format!(
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout, self.stderr
+        )
+    }
+
+    /// The count kvmkit reported at exit for assist `kind` (0 if none).
+    fn assists(&self, kind: &str) -> u64 {
+        let line = self
+            .stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("kvmkit: instruction assists: "))
+            .unwrap_or_else(|| panic!("no assist counts\n{}", self.context()));
+        line.split(", ")
+            .find_map(|item| item.strip_prefix(kind)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn software_kvm() -> bool {
+    accel::Kvm::new().unwrap().is_software_backend()
+}
+
+/// Boots `kernel` (a file in the test guest directory) with the test initramfs and a plain command
+/// line: the serial console, `reboot=k`, `panic=-1`, and `extra`.
+fn boot(kernel: &str, extra: &[&str]) -> Run {
+    let guest = kvmkit_integration_tests::guest_dir();
+    let path = guest.join(kernel);
+    assert!(
+        path.is_file(),
+        "{} is missing: run tools/guest/build.sh and tools/guest/debian-kernel.sh",
+        path.display()
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kvmkit-e2e"))
+        .arg("--kernel")
+        .arg(&path)
+        .arg("--initramfs")
+        .arg(guest.join("initramfs.cpio"))
+        .args(["--cmdline", "console=ttyS0 reboot=k panic=-1"])
+        .args(["--memory", "256M", "--serial", "stdio"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kvmkit");
+    Run {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code(),
+    }
+}
+
+/// The kernel started init, and on a software-KVM host kvmkit assisted at least the INT3 of the
+/// kernel's boot-time INT3 self-test and reported it.
+fn check_reaches_init(run: &Run) {
+    let context = run.context();
+    assert!(
+        run.stdout.contains("Run /init as init process"),
+        "guest did not reach init\n{context}"
+    );
+    assert!(!run.stdout.contains("noint3selftest"), "{context}");
+    if software_kvm() {
+        assert!(run.stderr.contains("instruction assist on"), "{context}");
+        assert!(run.assists("int3") >= 1, "{context}");
+    }
+}
+
+#[test]
+fn the_unpatched_test_kernel_boots_to_init() {
+    let run = boot("vmlinux-unpatched", &[]);
+    check_reaches_init(&run);
+}
+
+#[test]
+fn debians_cloud_kernel_boots_to_init() {
+    let run = boot("debian-vmlinux", &[]);
+    check_reaches_init(&run);
+    assert!(run.stdout.contains("-cloud-amd64"), "{}", run.context());
+}
+
+#[test]
+fn with_the_assist_off_the_unpatched_kernel_dies_at_its_first_int3() {
+    let run = boot("vmlinux-unpatched", &["--instruction-assist", "off"]);
+    let context = run.context();
+    if software_kvm() {
+        assert_eq!(run.code, Some(1), "{context}");
+        assert!(
+            run.stderr.contains("KVM internal error on vCPU 0")
+                && run.stderr.contains("emulation failure"),
+            "{context}"
+        );
+        assert!(run.stderr.contains("instruction assist off"), "{context}");
+        assert!(!run.stdout.contains("Run /init"), "{context}");
+        assert!(!run.stderr.contains("instruction assists:"), "{context}");
+    } else {
+        check_reaches_init(&run);
+    }
+}
