@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine for kvmkit: installs the packages the guest build, the disk tests
 # (e2fsprogs) and the benchmarks (QEMU, the peer in tools/bench) need, builds kvmkit (release) and the
-# test guest (tools/guest/build.sh, cached after the first run).
+# test guest (tools/guest/build.sh, cached after the first run), and fetches Debian's cloud kernel for
+# the instruction-assist boot test (tools/guest/debian-kernel.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,5 +24,6 @@ fi
 command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust 1.95 with rustup" >&2; exit 1; }
 
 tools/guest/build.sh
+tools/guest/debian-kernel.sh
 cargo build --release -p kvmkit
 echo "setup: done. kvmkit is target/release/kvmkit; the test guest is in target/guest/" >&2

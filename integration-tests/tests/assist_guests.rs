@@ -246,3 +246,35 @@ fn with_the_assist_off_int3_is_the_backends_internal_error() {
         assert_eq!((outcome, out.as_str()), (Outcome::Reset, "!"));
     }
 }
+
+#[test]
+fn ldmxcsr_and_stmxcsr_round_trip_and_reserved_bits_fault() {
+    // #GP handler: print G and reset.
+    let gp = [print(b'G'), RESET.to_vec()].concat();
+    let mut code = vec![
+        0xbe, 0x00, 0x28, 0x00, 0x00, //             mov esi, 0x2800
+        0xbf, 0x10, 0x28, 0x00, 0x00, //             mov edi, 0x2810
+        0x0f, 0xae, 0x16, //                         ldmxcsr [rsi]      (0x7f80)
+        0x0f, 0xae, 0x1f, //                         stmxcsr [rdi]
+        0x81, 0x3f, 0x80, 0x7f, 0x00, 0x00, //       cmp dword [rdi], 0x7f80
+        0x75, 0x07, //                               jne +7
+    ];
+    code.extend(print(b'M'));
+    code.extend([0x0f, 0xae, 0x56, 0x04]); //        ldmxcsr [rsi + 4]  (0x10000: reserved)
+    code.extend(print(b'!'));
+    let g = guest(&code, &[(13, gp)], AssistMode::Auto);
+    g.vm.ram()
+        .memory()
+        .write_slice(&[0x80, 0x7f, 0, 0, 0, 0, 1, 0], GuestAddress(0x2800))
+        .unwrap();
+    let vcpu = g.vm.vcpu(0).unwrap();
+    let mut sregs = vcpu.sregs().unwrap();
+    sregs.cr4 |= 1 << 9; // OSFXSR: SSE state is the OS's
+    vcpu.set_sregs(&sregs).unwrap();
+    let (outcome, out, counts) = run(g);
+    assert_eq!(out, "MG");
+    assert_eq!(outcome, Outcome::Reset);
+    if software_kvm() {
+        assert_eq!(counts, vec![("ldmxcsr", 2), ("stmxcsr", 1)]);
+    }
+}

@@ -20,7 +20,16 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+find_pkg() {
+  apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
+}
+pkg=$(find_pkg)
+if [ -z "$pkg" ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq || true
+  pkg=$(find_pkg)
+fi
 if [ -z "$pkg" ]; then
   echo "debian-kernel: apt knows no linux-image-cloud-amd64 (run apt-get update?)" >&2
   exit 1

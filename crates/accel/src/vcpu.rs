@@ -11,6 +11,13 @@ use vm_memory::GuestMemoryMmap;
 use crate::exit::{SystemEvent, internal_error};
 use crate::{Error, InternalError, Result, VcpuExit};
 
+/// MXCSR's index in `kvm_xsave::region` (32-bit words): byte 24 of the legacy FXSAVE area.
+const XSAVE_MXCSR: usize = 6;
+/// XSTATE_BV's index in `kvm_xsave::region`: byte 512, the XSAVE header.
+const XSAVE_XSTATE_BV: usize = 128;
+/// The SSE state component's bit in XSTATE_BV.
+const XFEATURE_SSE: u32 = 1 << 1;
+
 /// A vCPU. Owned by the thread that runs it.
 #[derive(Debug)]
 pub struct Vcpu {
@@ -126,9 +133,22 @@ impl Vcpu {
             .map_err(Error::ioctl("KVM_SET_SREGS"))
     }
 
-    /// The x87/SSE state (registers, control and status words, MXCSR).
-    pub fn fpu(&self) -> Result<kvm_fpu> {
-        self.fd.get_fpu().map_err(Error::ioctl("KVM_GET_FPU"))
+    /// The SSE control/status register, from the vCPU's XSAVE image (`KVM_GET_XSAVE`; some backends
+    /// report MXCSR as 0 through `KVM_GET_FPU`).
+    pub fn mxcsr(&self) -> Result<u32> {
+        let xsave = self.fd.get_xsave().map_err(Error::ioctl("KVM_GET_XSAVE"))?;
+        Ok(xsave.region[XSAVE_MXCSR])
+    }
+
+    /// Sets the SSE control/status register through the vCPU's XSAVE image (`KVM_SET_XSAVE`, with the
+    /// SSE bit set in XSTATE_BV so that KVM takes the legacy SSE state).
+    pub fn set_mxcsr(&self, mxcsr: u32) -> Result<()> {
+        let mut xsave = self.fd.get_xsave().map_err(Error::ioctl("KVM_GET_XSAVE"))?;
+        xsave.region[XSAVE_MXCSR] = mxcsr;
+        xsave.region[XSAVE_XSTATE_BV] |= XFEATURE_SSE;
+        // SAFETY: the image is the 4 KiB `kvm_xsave` KVM just filled; kvmkit enables no dynamic XSAVE
+        // features (AMX), so KVM reads no more than that.
+        unsafe { self.fd.set_xsave(&xsave) }.map_err(Error::ioctl("KVM_SET_XSAVE"))
     }
 
     /// Sets the x87/SSE state.

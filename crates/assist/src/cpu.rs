@@ -1,7 +1,7 @@
 //! The vCPU state an assist reads and changes, behind a trait so the instruction handlers can be tested
 //! without KVM.
 
-use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
+use kvm_bindings::{kvm_regs, kvm_sregs};
 
 /// What the assist needs from a stopped vCPU. [`accel::Vcpu`] implements it with KVM ioctls.
 pub trait GuestCpu {
@@ -13,10 +13,10 @@ pub trait GuestCpu {
     fn sregs(&self) -> Result<kvm_sregs, accel::Error>;
     /// Sets the segment, control and descriptor-table registers (the assist only changes CR2).
     fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), accel::Error>;
-    /// The x87/SSE state.
-    fn fpu(&self) -> Result<kvm_fpu, accel::Error>;
-    /// Sets the x87/SSE state (the assist only changes MXCSR).
-    fn set_fpu(&self, fpu: &kvm_fpu) -> Result<(), accel::Error>;
+    /// The SSE control/status register.
+    fn mxcsr(&self) -> Result<u32, accel::Error>;
+    /// Sets the SSE control/status register.
+    fn set_mxcsr(&self, mxcsr: u32) -> Result<(), accel::Error>;
     /// The guest-physical address of linear address `gva` through the guest's page tables, or `None`
     /// if it is not mapped.
     fn translate(&self, gva: u64) -> Result<Option<u64>, accel::Error>;
@@ -43,11 +43,11 @@ impl GuestCpu for accel::Vcpu {
     fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), accel::Error> {
         accel::Vcpu::set_sregs(self, sregs)
     }
-    fn fpu(&self) -> Result<kvm_fpu, accel::Error> {
-        accel::Vcpu::fpu(self)
+    fn mxcsr(&self) -> Result<u32, accel::Error> {
+        accel::Vcpu::mxcsr(self)
     }
-    fn set_fpu(&self, fpu: &kvm_fpu) -> Result<(), accel::Error> {
-        accel::Vcpu::set_fpu(self, fpu)
+    fn set_mxcsr(&self, mxcsr: u32) -> Result<(), accel::Error> {
+        accel::Vcpu::set_mxcsr(self, mxcsr)
     }
     fn translate(&self, gva: u64) -> Result<Option<u64>, accel::Error> {
         let t = accel::Vcpu::translate(self, gva)?;

@@ -223,7 +223,7 @@ fn random<C: GuestCpu>(mut at: At<'_, C>, kind: Kind) -> Result<Resolution, Erro
 }
 
 /// LDMXCSR m32 / STMXCSR m32: load or store the SSE control/status register, which KVM keeps in the
-/// vCPU's FPU state. #UD with CR0.EM set or CR4.OSFXSR clear, #NM with CR0.TS set, #GP(0) for a
+/// vCPU's XSAVE image. #UD with CR0.EM set or CR4.OSFXSR clear, #NM with CR0.TS set, #GP(0) for a
 /// reserved bit, #PF for an unmapped operand.
 fn mxcsr<C: GuestCpu>(at: At<'_, C>, kind: Kind) -> Result<Resolution, Error> {
     if at.sregs.cr0 & CR0_EM != 0 || at.sregs.cr4 & CR4_OSFXSR == 0 {
@@ -232,9 +232,9 @@ fn mxcsr<C: GuestCpu>(at: At<'_, C>, kind: Kind) -> Result<Resolution, Error> {
     if at.sregs.cr0 & CR0_TS != 0 {
         return at.fault(kind, NM, None);
     }
-    let mut fpu = at.cpu.fpu()?;
     if kind == Kind::Stmxcsr {
-        if let Err(linear) = at.write_memory_operand(0, &fpu.mxcsr.to_le_bytes()) {
+        let mxcsr = at.cpu.mxcsr()?;
+        if let Err(linear) = at.write_memory_operand(0, &mxcsr.to_le_bytes()) {
             return at.page_fault(kind, linear, true);
         }
         return at.finish(kind);
@@ -246,8 +246,7 @@ fn mxcsr<C: GuestCpu>(at: At<'_, C>, kind: Kind) -> Result<Resolution, Error> {
     if value & !MXCSR_MASK != 0 {
         return at.fault(kind, GP, Some(0));
     }
-    fpu.mxcsr = value;
-    at.cpu.set_fpu(&fpu)?;
+    at.cpu.set_mxcsr(value)?;
     at.finish(kind)
 }
 

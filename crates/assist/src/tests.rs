@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
+use kvm_bindings::{kvm_regs, kvm_sregs};
 use vm_memory::{Bytes as _, GuestAddress, GuestMemoryMmap};
 
 use crate::{Assist, Error, GuestCpu, Kind, Resolution};
@@ -15,7 +15,7 @@ const CODE: u64 = 0x1000;
 struct FakeCpu {
     regs: RefCell<kvm_regs>,
     sregs: RefCell<kvm_sregs>,
-    fpu: RefCell<kvm_fpu>,
+    mxcsr: RefCell<u32>,
     /// Linear page -> guest-physical page; pages not here are not mapped.
     pages: HashMap<u64, u64>,
     injected: RefCell<Vec<(u8, Option<u32>)>>,
@@ -38,11 +38,11 @@ impl GuestCpu for FakeCpu {
         *self.sregs.borrow_mut() = *sregs;
         Ok(())
     }
-    fn fpu(&self) -> Result<kvm_fpu, accel::Error> {
-        Ok(*self.fpu.borrow())
+    fn mxcsr(&self) -> Result<u32, accel::Error> {
+        Ok(*self.mxcsr.borrow())
     }
-    fn set_fpu(&self, fpu: &kvm_fpu) -> Result<(), accel::Error> {
-        *self.fpu.borrow_mut() = *fpu;
+    fn set_mxcsr(&self, mxcsr: u32) -> Result<(), accel::Error> {
+        *self.mxcsr.borrow_mut() = mxcsr;
         Ok(())
     }
     fn translate(&self, gva: u64) -> Result<Option<u64>, accel::Error> {
@@ -89,10 +89,7 @@ fn long_mode(code: &[u8]) -> (FakeCpu, Assist) {
             ..Default::default()
         }),
         sregs: RefCell::new(sregs),
-        fpu: RefCell::new(kvm_fpu {
-            mxcsr: 0x1f80,
-            ..Default::default()
-        }),
+        mxcsr: RefCell::new(0x1f80),
         pages,
         injected: RefCell::new(Vec::new()),
         msrs: RefCell::new(HashMap::new()),
@@ -312,7 +309,7 @@ fn ldmxcsr_and_stmxcsr_go_through_the_fpu_state() {
         assist.handle(&cpu).unwrap(),
         Resolution::Resumed(Kind::Ldmxcsr)
     );
-    assert_eq!(cpu.fpu.borrow().mxcsr, 0x7f80);
+    assert_eq!(*cpu.mxcsr.borrow(), 0x7f80);
     assert_eq!(
         assist.handle(&cpu).unwrap(),
         Resolution::Resumed(Kind::Stmxcsr)
@@ -333,7 +330,7 @@ fn ldmxcsr_faults_like_a_cpu() {
         .unwrap();
     cpu.regs.borrow_mut().rsi = 0x2000;
     assist.handle(&cpu).unwrap();
-    assert_eq!(cpu.fpu.borrow().mxcsr, 0x1f80, "reserved bit: unchanged");
+    assert_eq!(*cpu.mxcsr.borrow(), 0x1f80, "reserved bit: unchanged");
     cpu.regs.borrow_mut().rsi = 0x7ffe; // the operand's second half is on the unmapped page
     assist.handle(&cpu).unwrap();
     cpu.sregs.borrow_mut().cr0 |= 1 << 3; // TS
