@@ -11,7 +11,8 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
 /// What kvmkit and the guest printed, and kvmkit's exit code.
 struct Run {
@@ -46,8 +47,9 @@ fn software_kvm() -> bool {
 }
 
 /// Boots `kernel` (a file in the test guest directory) with the test initramfs and a plain command
-/// line: the serial console, `reboot=k`, `panic=-1`, and `extra`.
-fn boot(kernel: &str, extra: &[&str]) -> Run {
+/// line: the serial console, `reboot=k`, `panic=-1`, and `extra` kvmkit arguments. A guest still
+/// running after `limit` is killed (the test then fails on what it printed so far).
+fn boot(kernel: &str, extra: &[&str], limit: Duration) -> Run {
     let guest = kvmkit_integration_tests::guest_dir();
     let path = guest.join(kernel);
     assert!(
@@ -55,21 +57,21 @@ fn boot(kernel: &str, extra: &[&str]) -> Run {
         "{} is missing: run tools/guest/build.sh and tools/guest/debian-kernel.sh",
         path.display()
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_kvmkit-e2e"))
-        .arg("--kernel")
-        .arg(&path)
-        .arg("--initramfs")
-        .arg(guest.join("initramfs.cpio"))
-        .args(["--cmdline", "console=ttyS0 reboot=k panic=-1"])
-        .args(["--memory", "256M", "--serial", "stdio"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kvmkit");
+    let (stdout, stderr, code) = kvmkit_integration_tests::output_within(
+        Command::new(env!("CARGO_BIN_EXE_kvmkit-e2e"))
+            .arg("--kernel")
+            .arg(&path)
+            .arg("--initramfs")
+            .arg(guest.join("initramfs.cpio"))
+            .args(["--cmdline", "console=ttyS0 reboot=k panic=-1"])
+            .args(["--memory", "256M", "--serial", "stdio"])
+            .args(extra),
+        limit,
+    );
     Run {
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        code: out.status.code(),
+        stdout,
+        stderr,
+        code,
     }
 }
 
@@ -103,20 +105,26 @@ fn check_runs_init(run: &Run) {
 
 #[test]
 fn the_unpatched_test_kernel_boots_to_init() {
-    let run = boot("vmlinux-unpatched", &[]);
+    let run = boot("vmlinux-unpatched", &[], Duration::from_secs(600));
     check_runs_init(&run);
 }
 
 #[test]
 fn debians_cloud_kernel_boots_to_init() {
-    let run = boot("debian-vmlinux", &[]);
+    // About ten minutes here, most of it ftrace's boot-time check of its 37,000 call sites (a kallsyms
+    // lookup each, all emulated).
+    let run = boot("debian-vmlinux", &[], Duration::from_secs(40 * 60));
     check_runs_init(&run);
     assert!(run.stdout.contains("-cloud-amd64"), "{}", run.context());
 }
 
 #[test]
 fn with_the_assist_off_the_unpatched_kernel_dies_at_its_first_int3() {
-    let run = boot("vmlinux-unpatched", &["--instruction-assist", "off"]);
+    let run = boot(
+        "vmlinux-unpatched",
+        &["--instruction-assist", "off"],
+        Duration::from_secs(600),
+    );
     let context = run.context();
     if software_kvm() {
         assert_eq!(run.code, Some(1), "{context}");

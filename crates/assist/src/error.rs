@@ -58,6 +58,6 @@ pub enum Error {
         /// Its bytes.
         bytes: Bytes,
         /// What may help.
-        hint: &'static str,
+        hint: String,
     },
 }

@@ -258,14 +258,16 @@ pub(crate) fn unsupported(instr: &Instruction, rip: u64, bytes: &[u8]) -> Error 
         rip,
         text,
         bytes: crate::error::Bytes(bytes.to_vec()),
-        hint: hint(instr.mnemonic()),
+        hint: hint(instr),
     }
 }
 
-/// What a user can do about an instruction neither the backend nor kvmkit runs.
-fn hint(mnemonic: Mnemonic) -> &'static str {
+/// What a user can do about an instruction neither the backend nor kvmkit runs: the kernel parameter
+/// that keeps Linux off it, or else the CPU features it needs (iced-x86's CPUID data), whose
+/// `clearcpuid=` may make the kernel pick other code.
+fn hint(instr: &Instruction) -> String {
     use Mnemonic as M;
-    match mnemonic {
+    let fixed = match instr.mnemonic() {
         M::Xsave
         | M::Xsave64
         | M::Xsaveopt
@@ -287,8 +289,19 @@ fn hint(mnemonic: Mnemonic) -> &'static str {
         }
         M::Rdpid => "boot the guest kernel with `clearcpuid=rdpid`",
         M::Serialize => "boot the guest kernel with `clearcpuid=serialize`",
-        _ => {
-            "the guest must avoid this instruction on a software KVM host (see docs/software-kvm.md)"
-        }
+        _ => "",
+    };
+    if !fixed.is_empty() {
+        return fixed.to_owned();
     }
+    let features: Vec<String> = instr
+        .cpuid_features()
+        .iter()
+        .map(|f| format!("{f:?}"))
+        .collect();
+    format!(
+        "it needs CPU feature {}: if the guest kernel has code without it, `clearcpuid=` may select that \
+         (see docs/software-kvm.md)",
+        features.join("+")
+    )
 }

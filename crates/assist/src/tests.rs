@@ -259,6 +259,10 @@ fn other_instructions_are_reported_with_bytes_and_a_hint() {
     assert!(e.contains("48 0f ae 2f"), "{e}");
     assert!(e.contains("rip 0x1000"), "{e}");
     assert!(e.contains("noxsave"), "{e}");
+    let (cpu, assist) = long_mode(&[0x66, 0x44, 0x0f, 0x6e, 0xf9]); // movd xmm15, ecx
+    let e = assist.handle(&cpu).unwrap_err().to_string();
+    assert!(e.contains("`movd xmm15,ecx`"), "{e}");
+    assert!(e.contains("needs CPU feature SSE2"), "{e}");
     assert_eq!(cpu.regs.borrow().rip, CODE, "state unchanged");
     assert_eq!(assist.counts().total(), 0);
 }
@@ -393,6 +397,14 @@ mod syscall_bridge {
         (cpu, assist)
     }
 
+    /// [`kernel`] after its LSTAR write: the bridge armed.
+    fn armed(handler: &[u8]) -> (FakeCpu, Assist, SyscallBridge) {
+        let (cpu, assist) = kernel(handler);
+        let mut bridge = SyscallBridge::default();
+        assert!(bridge.lstar_written(&assist, &cpu, ENTRY).unwrap());
+        (cpu, assist, bridge)
+    }
+
     /// Puts the vCPU where the CPU leaves it on entering the #PF handler from ring 3: the frame on the
     /// kernel stack, CR2, and RIP at the handler.
     fn page_fault_from_user(cpu: &FakeCpu, assist: &Assist, rip: u64, cr2: u64, error: u64) {
@@ -432,9 +444,7 @@ mod syscall_bridge {
 
     #[test]
     fn a_syscall_left_in_ring_3_is_finished_in_ring_0() {
-        let (cpu, assist) = kernel(&[0x90]);
-        let mut bridge = SyscallBridge::default();
-        bridge.lstar_written(&assist, &cpu, ENTRY).unwrap();
+        let (cpu, assist, mut bridge) = armed(&[0x90]);
         page_fault_from_user(&cpu, &assist, ENTRY, ENTRY, 0x15); // present | user | fetch
         assert_eq!(
             bridge.breakpoint(&assist, &cpu, HANDLER).unwrap(),
@@ -451,9 +461,7 @@ mod syscall_bridge {
 
     #[test]
     fn other_page_faults_reach_the_handler_and_the_breakpoint_comes_back() {
-        let (cpu, assist) = kernel(&[0x90, 0xfc]); // nop; cld
-        let mut bridge = SyscallBridge::default();
-        bridge.lstar_written(&assist, &cpu, ENTRY).unwrap();
+        let (cpu, assist, mut bridge) = armed(&[0x90, 0xfc]); // nop; cld
         page_fault_from_user(&cpu, &assist, 0x40_1000, 0x40_1000, 0x14);
         assert_eq!(
             bridge.breakpoint(&assist, &cpu, HANDLER).unwrap(),
@@ -477,9 +485,7 @@ mod syscall_bridge {
 
     #[test]
     fn a_handler_that_starts_with_a_jump_disarms_the_bridge() {
-        let (cpu, assist) = kernel(&[0xeb, 0xfe]); // jmp $
-        let mut bridge = SyscallBridge::default();
-        bridge.lstar_written(&assist, &cpu, ENTRY).unwrap();
+        let (cpu, assist, mut bridge) = armed(&[0xeb, 0xfe]); // jmp $
         page_fault_from_user(&cpu, &assist, 0x40_1000, 0x40_1000, 0x14);
         assert_eq!(
             bridge.breakpoint(&assist, &cpu, HANDLER).unwrap(),
@@ -490,9 +496,7 @@ mod syscall_bridge {
 
     #[test]
     fn the_guests_own_debug_exceptions_go_back_to_it() {
-        let (cpu, assist) = kernel(&[0x90]);
-        let mut bridge = SyscallBridge::default();
-        bridge.lstar_written(&assist, &cpu, ENTRY).unwrap();
+        let (cpu, assist, mut bridge) = armed(&[0x90]);
         assert_eq!(
             bridge.breakpoint(&assist, &cpu, 0x1234).unwrap(),
             Entry::Reflected
@@ -502,9 +506,7 @@ mod syscall_bridge {
 
     #[test]
     fn an_unreadable_frame_is_passed_on() {
-        let (cpu, assist) = kernel(&[0x90]);
-        let mut bridge = SyscallBridge::default();
-        bridge.lstar_written(&assist, &cpu, ENTRY).unwrap();
+        let (cpu, assist, mut bridge) = armed(&[0x90]);
         page_fault_from_user(&cpu, &assist, ENTRY, ENTRY, 0x15);
         cpu.regs.borrow_mut().rsp = 0x7ff8; // the frame runs into the unmapped page
         assert_eq!(
