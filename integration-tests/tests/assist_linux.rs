@@ -114,6 +114,7 @@ fn the_unpatched_test_kernel_boots_to_init() {
 }
 
 #[test]
+#[ignore = "not yet shown to reach init within 40 minutes on a software-KVM host; run with --ignored (issue 6)"]
 fn debians_cloud_kernel_boots_to_init() {
     // Two boot-time tracing jobs take most of an hour of emulated ring-0 time here, and the kernel
     // waits for both before init: ftrace's check of its 37,700 call sites (a kallsyms lookup each) and
