@@ -1,6 +1,7 @@
 //! Reading guest memory by linear address: translated page by page through the guest's page tables,
 //! because consecutive linear pages need not be consecutive in guest-physical memory.
 
+use iced_x86::{Decoder, DecoderOptions, Instruction};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::cpu::GuestCpu;
@@ -49,6 +50,41 @@ pub fn read_linear(
             .read_slice(&mut buf[done..done + n], GuestAddress(physical))
             .is_ok()
     })
+}
+
+/// The longest x86 instruction.
+pub const MAX_INSN: usize = 15;
+
+/// One instruction read from guest memory and decoded.
+pub struct Fetched {
+    /// Up to [`MAX_INSN`] bytes from the instruction's address (only `len` of them read).
+    pub bytes: [u8; MAX_INSN],
+    /// How many bytes could be read before the first unmapped or non-RAM page.
+    pub len: usize,
+    /// Why reading stopped short, if it did.
+    pub failed: Option<AccessError>,
+    /// The decoded instruction (`is_invalid()` if the bytes read are not one).
+    pub instr: Instruction,
+}
+
+/// Reads the instruction at linear address `linear` (whose RIP is `ip`) and decodes it as
+/// `bitness`-bit code.
+pub fn fetch_instruction(
+    cpu: &impl GuestCpu,
+    memory: &GuestMemoryMmap,
+    linear: u64,
+    ip: u64,
+    bitness: u32,
+) -> Fetched {
+    let mut bytes = [0u8; MAX_INSN];
+    let (len, failed) = read_linear(cpu, memory, linear, &mut bytes);
+    let instr = Decoder::with_ip(bitness, &bytes[..len], ip, DecoderOptions::NONE).decode();
+    Fetched {
+        bytes,
+        len,
+        failed,
+        instr,
+    }
 }
 
 /// Writes `data` at linear address `linear`. Every page is translated before any byte is written, so

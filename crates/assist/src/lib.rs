@@ -12,7 +12,6 @@ pub mod syscall;
 #[cfg(test)]
 mod tests;
 
-use iced_x86::{Decoder, DecoderOptions};
 use vm_memory::GuestMemoryMmap;
 
 pub use access::AccessError;
@@ -21,9 +20,6 @@ pub use cpu::GuestCpu;
 pub use error::{Bytes, Error};
 pub use mode::Mode;
 pub use syscall::{Entry, SyscallBridge, SyscallError};
-
-/// The longest x86 instruction.
-const MAX_INSN: usize = 15;
 
 /// What an assist did with the instruction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,17 +73,18 @@ impl Assist {
         } else {
             mode.linear(sregs.cs.base, regs.rip)
         };
-        let mut bytes = [0u8; MAX_INSN];
-        let (n, failed) = access::read_linear(cpu, &self.memory, linear, &mut bytes);
+        let access::Fetched {
+            bytes,
+            len: n,
+            failed,
+            instr,
+        } = access::fetch_instruction(cpu, &self.memory, linear, regs.rip, mode.bitness);
         if let (0, Some(source)) = (n, failed) {
             return Err(Error::Fetch {
                 rip: regs.rip,
                 source,
             });
         }
-        let mut decoder =
-            Decoder::with_ip(mode.bitness, &bytes[..n], regs.rip, DecoderOptions::NONE);
-        let instr = decoder.decode();
         if instr.is_invalid() {
             return Err(Error::Decode {
                 rip: regs.rip,

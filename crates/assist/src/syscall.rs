@@ -25,11 +25,11 @@
 //! the guest cannot use hardware breakpoint 0 itself, and its other debug exceptions are passed back
 //! to it.
 
-use iced_x86::{Decoder, DecoderOptions, FlowControl};
+use iced_x86::FlowControl;
 use vm_memory::GuestMemoryMmap;
 
 use crate::Assist;
-use crate::access::read_linear;
+use crate::access::{fetch_instruction, read_linear};
 use crate::counts::Kind;
 use crate::cpu::GuestCpu;
 
@@ -175,9 +175,7 @@ impl SyscallBridge {
 
 /// The address of the instruction after the one at `pc`, if that one always falls through to it.
 fn next_instruction(cpu: &impl GuestCpu, memory: &GuestMemoryMmap, pc: u64) -> Option<u64> {
-    let mut bytes = [0u8; 15];
-    let (n, _) = read_linear(cpu, memory, pc, &mut bytes);
-    let instr = Decoder::with_ip(64, &bytes[..n], pc, DecoderOptions::NONE).decode();
+    let instr = fetch_instruction(cpu, memory, pc, pc, 64).instr;
     (!instr.is_invalid() && instr.flow_control() == FlowControl::Next).then(|| instr.next_ip())
 }
 
