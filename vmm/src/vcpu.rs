@@ -158,7 +158,7 @@ fn settle(
             error: vcpu.internal_error(),
             assist: None,
         }),
-        (Exit::WriteMsr { index, data }, Some(assist)) if index == assist::syscall::MSR_LSTAR => {
+        (Exit::WriteMsr { index, data }, Some(assist)) if index == accel::x86::msr::LSTAR => {
             match syscalls.lstar_written(assist, vcpu, data) {
                 Ok(armed) => {
                     log::debug!("vCPU {id}: LSTAR = {data:#x}, system call bridge armed: {armed}");

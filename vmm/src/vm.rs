@@ -220,7 +220,7 @@ impl Vm {
         // LSTAR write. Without the MSR filter guests still boot; their user space does not.
         if assist.is_some()
             && kvm.is_software_backend()
-            && let Err(e) = vm.trap_msr_writes(&[assist::syscall::MSR_LSTAR])
+            && let Err(e) = vm.trap_msr_writes(&[accel::x86::msr::LSTAR])
         {
             log::warn!("system call bridge off: {e}");
         }

@@ -5,6 +5,7 @@ mod kick;
 mod kvm;
 mod vcpu;
 mod vm;
+pub mod x86;
 
 pub use exit::{InternalError, SystemEvent, VcpuExit};
 pub use kick::{KickBinding, kick_current_thread};

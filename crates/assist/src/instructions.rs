@@ -2,6 +2,7 @@
 //! does not. Every function gets the decoded instruction and the vCPU's state at it, and either
 //! completes it (new registers, RIP past it) or raises the exception the CPU would have raised.
 
+use accel::x86::{cr0, cr4, rflags, vector};
 use iced_x86::{Code, Formatter, Instruction, IntelFormatter, Mnemonic, OpKind};
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use vm_memory::GuestMemoryMmap;
@@ -12,29 +13,12 @@ use crate::cpu::GuestCpu;
 use crate::mode::{Mode, long_mode};
 use crate::{Error, Resolution, registers};
 
-/// Exception vectors the assist raises.
-const UD: u8 = 6;
-const GP: u8 = 13;
-const NM: u8 = 7;
-const PF: u8 = 14;
-const BP: u8 = 3;
-
-const CR0_MP: u64 = 1 << 1;
-const CR0_EM: u64 = 1 << 2;
-const CR4_OSFXSR: u64 = 1 << 9;
 /// The MXCSR bits a CPU with DAZ accepts (MXCSR_MASK); setting any other bit is #GP(0).
 const MXCSR_MASK: u32 = 0xffff;
-const CR0_TS: u64 = 1 << 3;
-const CR4_SMAP: u64 = 1 << 21;
 
-const CF: u64 = 1;
-const PF_FLAG: u64 = 1 << 2;
-const AF: u64 = 1 << 4;
-const ZF: u64 = 1 << 6;
-const SF: u64 = 1 << 7;
-const OF: u64 = 1 << 11;
-const AC: u64 = 1 << 18;
-const ARITH_FLAGS: u64 = CF | PF_FLAG | AF | ZF | SF | OF;
+/// The flags POPCNT writes.
+const ARITH_FLAGS: u64 =
+    rflags::CF | rflags::PF | rflags::AF | rflags::ZF | rflags::SF | rflags::OF;
 
 /// The vCPU at the instruction being assisted.
 pub(crate) struct At<'a, C: GuestCpu> {
@@ -119,7 +103,7 @@ impl<C: GuestCpu> At<'_, C> {
         self.cpu.set_sregs(&sregs)?;
         let user = if self.mode.cpl == 3 { 1 << 2 } else { 0 };
         let write = if write { 1 << 1 } else { 0 };
-        self.fault(kind, PF, Some(user | write))
+        self.fault(kind, vector::PF, Some(user | write))
     }
 }
 
@@ -143,34 +127,34 @@ pub(crate) fn assist<C: GuestCpu>(at: At<'_, C>) -> Result<Resolution, Error> {
 /// gate for #BP in the IDT (an empty IDT, which Linux's `reboot=t` loads on purpose) the CPU would
 /// end up in a triple fault: so does the VM.
 fn int3<C: GuestCpu>(at: At<'_, C>) -> Result<Resolution, Error> {
-    if !at.idt_has(BP) {
+    if !at.idt_has(vector::BP) {
         return Ok(Resolution::TripleFault(Kind::Int3));
     }
     let mut at = at;
     at.regs.rip = at.next_rip();
     at.cpu.set_regs(&at.regs)?;
-    at.cpu.inject_exception(BP, None)?;
+    at.cpu.inject_exception(vector::BP, None)?;
     Ok(Resolution::Resumed(Kind::Int3))
 }
 
 /// FWAIT: waits for pending unmasked x87 exceptions, which the backend's guests never have pending
 /// (Linux masks them). With CR0.MP and CR0.TS set, it raises #NM instead.
 fn fwait<C: GuestCpu>(at: At<'_, C>) -> Result<Resolution, Error> {
-    if at.sregs.cr0 & (CR0_MP | CR0_TS) == (CR0_MP | CR0_TS) {
-        return at.fault(Kind::Fwait, NM, None);
+    if at.sregs.cr0 & (cr0::MP | cr0::TS) == (cr0::MP | cr0::TS) {
+        return at.fault(Kind::Fwait, vector::NM, None);
     }
     at.finish(Kind::Fwait)
 }
 
 /// CLAC / STAC: clear or set RFLAGS.AC. #UD outside ring 0 or without CR4.SMAP, as on a CPU.
 fn smap_flag<C: GuestCpu>(mut at: At<'_, C>, kind: Kind, set: bool) -> Result<Resolution, Error> {
-    if at.mode.cpl != 0 || at.sregs.cr4 & CR4_SMAP == 0 {
-        return at.fault(kind, UD, None);
+    if at.mode.cpl != 0 || at.sregs.cr4 & cr4::SMAP == 0 {
+        return at.fault(kind, vector::UD, None);
     }
     if set {
-        at.regs.rflags |= AC;
+        at.regs.rflags |= rflags::AC;
     } else {
-        at.regs.rflags &= !AC;
+        at.regs.rflags &= !rflags::AC;
     }
     at.finish(kind)
 }
@@ -196,7 +180,7 @@ fn popcnt<C: GuestCpu>(mut at: At<'_, C>) -> Result<Resolution, Error> {
     registers::write(&mut at.regs, dest, u64::from(source.count_ones()));
     at.regs.rflags &= !ARITH_FLAGS;
     if source == 0 {
-        at.regs.rflags |= ZF;
+        at.regs.rflags |= rflags::ZF;
     }
     at.finish(Kind::Popcnt)
 }
@@ -214,7 +198,7 @@ fn random<C: GuestCpu>(mut at: At<'_, C>, kind: Kind) -> Result<Resolution, Erro
             at.instr.op0_register(),
             u64::from_le_bytes(buf),
         );
-        at.regs.rflags |= CF;
+        at.regs.rflags |= rflags::CF;
     } else {
         // No randomness now: what a CPU reports when its generator is drained (CF = 0, value 0).
         registers::write(&mut at.regs, at.instr.op0_register(), 0);
@@ -226,11 +210,11 @@ fn random<C: GuestCpu>(mut at: At<'_, C>, kind: Kind) -> Result<Resolution, Erro
 /// vCPU's XSAVE image. #UD with CR0.EM set or CR4.OSFXSR clear, #NM with CR0.TS set, #GP(0) for a
 /// reserved bit, #PF for an unmapped operand.
 fn mxcsr<C: GuestCpu>(at: At<'_, C>, kind: Kind) -> Result<Resolution, Error> {
-    if at.sregs.cr0 & CR0_EM != 0 || at.sregs.cr4 & CR4_OSFXSR == 0 {
-        return at.fault(kind, UD, None);
+    if at.sregs.cr0 & cr0::EM != 0 || at.sregs.cr4 & cr4::OSFXSR == 0 {
+        return at.fault(kind, vector::UD, None);
     }
-    if at.sregs.cr0 & CR0_TS != 0 {
-        return at.fault(kind, NM, None);
+    if at.sregs.cr0 & cr0::TS != 0 {
+        return at.fault(kind, vector::NM, None);
     }
     if kind == Kind::Stmxcsr {
         let mxcsr = at.cpu.mxcsr()?;
@@ -244,7 +228,7 @@ fn mxcsr<C: GuestCpu>(at: At<'_, C>, kind: Kind) -> Result<Resolution, Error> {
         Err(linear) => return at.page_fault(kind, linear, false),
     };
     if value & !MXCSR_MASK != 0 {
-        return at.fault(kind, GP, Some(0));
+        return at.fault(kind, vector::GP, Some(0));
     }
     at.cpu.set_mxcsr(value)?;
     at.finish(kind)

@@ -2,8 +2,7 @@
 
 use kvm_bindings::{kvm_segment, kvm_sregs};
 
-const CR0_PE: u64 = 1;
-const EFER_LMA: u64 = 1 << 10;
+use accel::x86::{cr0, efer};
 
 /// How the vCPU executes code right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,10 +18,10 @@ pub struct Mode {
 impl Mode {
     /// The mode described by the special registers.
     pub fn of(sregs: &kvm_sregs) -> Self {
-        let protected = sregs.cr0 & CR0_PE != 0;
+        let protected = sregs.cr0 & cr0::PE != 0;
         let bitness = if !protected {
             16
-        } else if sregs.efer & EFER_LMA != 0 && sregs.cs.l != 0 {
+        } else if sregs.efer & efer::LMA != 0 && sregs.cs.l != 0 {
             64
         } else if sregs.cs.db != 0 {
             32
@@ -59,7 +58,7 @@ impl Mode {
 
 /// True if the vCPU is in long mode (EFER.LMA), whatever its code segment.
 pub fn long_mode(sregs: &kvm_sregs) -> bool {
-    sregs.efer & EFER_LMA != 0
+    sregs.efer & efer::LMA != 0
 }
 
 /// A flat ring-0 segment, as SYSCALL loads them: 64-bit code, or writable data.

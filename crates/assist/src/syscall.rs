@@ -25,6 +25,7 @@
 //! the guest cannot use hardware breakpoint 0 itself, and its other debug exceptions are passed back
 //! to it.
 
+use accel::x86::{msr, pf_error, rflags, vector};
 use iced_x86::FlowControl;
 use vm_memory::GuestMemoryMmap;
 
@@ -32,22 +33,6 @@ use crate::Assist;
 use crate::access::{fetch_instruction, read_linear};
 use crate::counts::Kind;
 use crate::cpu::GuestCpu;
-
-/// SYSCALL's target code segment selector (bits 47:32) and SYSRET's (bits 63:48).
-pub const MSR_STAR: u32 = 0xc000_0081;
-/// SYSCALL's 64-bit entry point.
-pub const MSR_LSTAR: u32 = 0xc000_0082;
-/// RFLAGS bits SYSCALL clears.
-pub const MSR_SFMASK: u32 = 0xc000_0084;
-
-/// RFLAGS.RF, which a CPU sets in a fault's frame.
-const RF: u64 = 1 << 16;
-/// The page-fault error code's instruction-fetch bit.
-const PF_INSTR: u64 = 1 << 4;
-/// The #PF vector, whose IDT gate the bridge watches.
-const PF_VECTOR: u64 = 14;
-/// The #DB vector, for debug exceptions that are the guest's own.
-const DB_VECTOR: u8 = 1;
 
 /// Errors from the system call bridge.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +77,7 @@ impl SyscallBridge {
         cpu: &impl GuestCpu,
         value: u64,
     ) -> Result<bool, SyscallError> {
-        cpu.set_msr(MSR_LSTAR, value)?;
+        cpu.set_msr(msr::LSTAR, value)?;
         self.entry = Some(value);
         let Some(handler) = pf_handler(cpu, assist.memory())? else {
             return Ok(false);
@@ -115,7 +100,7 @@ impl SyscallBridge {
             return Ok(Entry::Rearmed);
         }
         if self.watch != Some(pc) {
-            cpu.inject_exception(DB_VECTOR, None)?;
+            cpu.inject_exception(vector::DB, None)?;
             return Ok(Entry::Reflected);
         }
         let mut regs = cpu.regs()?;
@@ -138,17 +123,17 @@ impl SyscallBridge {
                 if cs & 3 == 3
                     && Some(rip) == self.entry
                     && sregs.cr2 == rip
-                    && error & PF_INSTR != 0 =>
+                    && error & pf_error::INSTRUCTION_FETCH != 0 =>
             {
-                let star = cpu.msr(MSR_STAR)?;
-                let sfmask = cpu.msr(MSR_SFMASK)?;
+                let star = cpu.msr(msr::STAR)?;
+                let sfmask = cpu.msr(msr::SYSCALL_MASK)?;
                 let selector = ((star >> 32) & 0xfffc) as u16;
                 sregs.cs = crate::mode::flat_segment(selector, true);
                 sregs.ss = crate::mode::flat_segment(selector + 8, false);
                 regs.rsp = rsp;
                 regs.rip = rip;
                 // The frame's RF belongs to the fault, not to the SYSCALL.
-                regs.rflags = (rflags & !sfmask & !RF) | 2;
+                regs.rflags = (rflags & !sfmask & !rflags::RF) | 2;
                 cpu.set_sregs(&sregs)?;
                 cpu.set_regs(&regs)?;
                 assist.counts().add(Kind::Syscall);
@@ -182,11 +167,12 @@ fn next_instruction(cpu: &impl GuestCpu, memory: &GuestMemoryMmap, pc: u64) -> O
 /// The address of the #PF handler in the guest's IDT, if the IDT has a 64-bit gate for it.
 fn pf_handler(cpu: &impl GuestCpu, memory: &GuestMemoryMmap) -> Result<Option<u64>, SyscallError> {
     let sregs = cpu.sregs()?;
-    if u64::from(sregs.idt.limit) < (PF_VECTOR + 1) * 16 - 1 {
+    let offset = u64::from(vector::PF) * 16;
+    if u64::from(sregs.idt.limit) < offset + 15 {
         return Ok(None);
     }
     let mut gate = [0u8; 16];
-    if read_linear(cpu, memory, sregs.idt.base + PF_VECTOR * 16, &mut gate)
+    if read_linear(cpu, memory, sregs.idt.base + offset, &mut gate)
         .1
         .is_some()
     {

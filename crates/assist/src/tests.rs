@@ -363,8 +363,8 @@ fn stmxcsr_to_an_unmapped_page_writes_nothing() {
 
 mod syscall_bridge {
     use super::*;
-    use crate::syscall::{MSR_LSTAR, MSR_SFMASK, MSR_STAR};
     use crate::{Entry, SyscallBridge};
+    use accel::x86::msr;
 
     const IDT: u64 = 0x3000;
     const HANDLER: u64 = 0x5000;
@@ -392,8 +392,8 @@ mod syscall_bridge {
             s.idt.base = IDT;
             s.idt.limit = 256 * 16 - 1;
         }
-        cpu.set_msr(MSR_STAR, 0x0023_0010_0000_0000).unwrap();
-        cpu.set_msr(MSR_SFMASK, 0x47700).unwrap();
+        cpu.set_msr(msr::STAR, 0x0023_0010_0000_0000).unwrap();
+        cpu.set_msr(msr::SYSCALL_MASK, 0x47700).unwrap();
         (cpu, assist)
     }
 
@@ -428,7 +428,7 @@ mod syscall_bridge {
         let (cpu, assist) = kernel(&[0x90]);
         let mut bridge = SyscallBridge::default();
         assert!(bridge.lstar_written(&assist, &cpu, ENTRY).unwrap());
-        assert_eq!(cpu.msr(MSR_LSTAR).unwrap(), ENTRY);
+        assert_eq!(cpu.msr(msr::LSTAR).unwrap(), ENTRY);
         assert_eq!(*cpu.breakpoint.borrow(), Some(HANDLER));
     }
 
@@ -438,7 +438,7 @@ mod syscall_bridge {
         cpu.sregs.borrow_mut().idt.limit = 7;
         let mut bridge = SyscallBridge::default();
         assert!(!bridge.lstar_written(&assist, &cpu, ENTRY).unwrap());
-        assert_eq!(cpu.msr(MSR_LSTAR).unwrap(), ENTRY);
+        assert_eq!(cpu.msr(msr::LSTAR).unwrap(), ENTRY);
         assert_eq!(*cpu.breakpoint.borrow(), None);
     }
 

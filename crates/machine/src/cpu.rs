@@ -2,6 +2,7 @@
 
 use accel::Vcpu;
 use accel::kvm_bindings::{kvm_fpu, kvm_regs};
+use accel::x86::{cr0, cr4, efer};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::gdt::{GDT_LONG_MODE, GDT_PROTECTED_MODE, segment};
@@ -9,13 +10,6 @@ use crate::kernel::EntryKind;
 use crate::layout::{BOOT_STACK_POINTER, GDT_START, IDT_START};
 use crate::paging::write_identity_map;
 use crate::{Error, Result};
-
-const CR0_PE: u64 = 1;
-const CR0_ET: u64 = 1 << 4;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
 
 /// Puts the boot vCPU at `entry` in the mode `kind` requires, with `boot_info` (zero page or
 /// `hvm_start_info`) in `rsi` or `rbx`. Writes the GDT (and, for long mode, the identity page tables).
@@ -59,16 +53,16 @@ pub fn setup_boot_cpu(
     };
     match kind {
         EntryKind::Pvh => {
-            sregs.cr0 = CR0_PE | CR0_ET;
+            sregs.cr0 = cr0::PE | cr0::ET;
             sregs.cr4 = 0;
             sregs.efer = 0;
             regs.rbx = boot_info;
         }
         EntryKind::Linux64 => {
             sregs.cr3 = write_identity_map(mem)?;
-            sregs.cr4 |= CR4_PAE;
-            sregs.cr0 |= CR0_PE | CR0_PG | CR0_ET;
-            sregs.efer |= EFER_LME | EFER_LMA;
+            sregs.cr4 |= cr4::PAE;
+            sregs.cr0 |= cr0::PE | cr0::PG | cr0::ET;
+            sregs.efer |= efer::LME | efer::LMA;
             regs.rsp = BOOT_STACK_POINTER;
             regs.rbp = BOOT_STACK_POINTER;
             regs.rsi = boot_info;

@@ -1,0 +1,100 @@
+//! x86 architectural numbers the layers above KVM share: control-register and EFER bits, RFLAGS
+//! bits, exception vectors and MSR indices. One copy, named as the Intel SDM names them.
+
+/// CR0 bits.
+pub mod cr0 {
+    /// Protection enable.
+    pub const PE: u64 = 1;
+    /// Monitor coprocessor: WAIT/FWAIT honours TS.
+    pub const MP: u64 = 1 << 1;
+    /// x87 emulation: x87 and SSE instructions raise #NM/#UD.
+    pub const EM: u64 = 1 << 2;
+    /// Task switched: the next x87/SSE instruction raises #NM.
+    pub const TS: u64 = 1 << 3;
+    /// Extension type (always 1 on modern CPUs).
+    pub const ET: u64 = 1 << 4;
+    /// Paging.
+    pub const PG: u64 = 1 << 31;
+}
+
+/// CR4 bits.
+pub mod cr4 {
+    /// Physical address extension (required for long mode).
+    pub const PAE: u64 = 1 << 5;
+    /// The OS supports FXSAVE/FXRSTOR and SSE.
+    pub const OSFXSR: u64 = 1 << 9;
+    /// Supervisor-mode access prevention (what CLAC/STAC control).
+    pub const SMAP: u64 = 1 << 21;
+}
+
+/// IA32_EFER bits.
+pub mod efer {
+    /// Long mode enable.
+    pub const LME: u64 = 1 << 8;
+    /// Long mode active.
+    pub const LMA: u64 = 1 << 10;
+}
+
+/// RFLAGS bits.
+pub mod rflags {
+    /// Carry.
+    pub const CF: u64 = 1;
+    /// Parity.
+    pub const PF: u64 = 1 << 2;
+    /// Auxiliary carry.
+    pub const AF: u64 = 1 << 4;
+    /// Zero.
+    pub const ZF: u64 = 1 << 6;
+    /// Sign.
+    pub const SF: u64 = 1 << 7;
+    /// Overflow.
+    pub const OF: u64 = 1 << 11;
+    /// Resume: suppresses instruction breakpoints for one instruction.
+    pub const RF: u64 = 1 << 16;
+    /// Alignment check / SMAP override.
+    pub const AC: u64 = 1 << 18;
+}
+
+/// Exception vectors.
+pub mod vector {
+    /// #DB, debug.
+    pub const DB: u8 = 1;
+    /// #BP, breakpoint (INT3).
+    pub const BP: u8 = 3;
+    /// #UD, invalid opcode.
+    pub const UD: u8 = 6;
+    /// #NM, device not available.
+    pub const NM: u8 = 7;
+    /// #GP, general protection.
+    pub const GP: u8 = 13;
+    /// #PF, page fault.
+    pub const PF: u8 = 14;
+}
+
+/// The page-fault error code's bits.
+pub mod pf_error {
+    /// The fault was an instruction fetch.
+    pub const INSTRUCTION_FETCH: u64 = 1 << 4;
+}
+
+/// Model-specific register indices.
+pub mod msr {
+    /// SYSENTER's code segment.
+    pub const IA32_SYSENTER_CS: u32 = 0x174;
+    /// SYSENTER's stack pointer.
+    pub const IA32_SYSENTER_ESP: u32 = 0x175;
+    /// SYSENTER's entry point.
+    pub const IA32_SYSENTER_EIP: u32 = 0x176;
+    /// Miscellaneous feature enables (fast strings, ...).
+    pub const IA32_MISC_ENABLE: u32 = 0x1a0;
+    /// SYSCALL's target code segment selector (bits 47:32) and SYSRET's (bits 63:48).
+    pub const STAR: u32 = 0xc000_0081;
+    /// SYSCALL's 64-bit entry point.
+    pub const LSTAR: u32 = 0xc000_0082;
+    /// SYSCALL's compatibility-mode entry point.
+    pub const CSTAR: u32 = 0xc000_0083;
+    /// The RFLAGS bits SYSCALL clears (SFMASK).
+    pub const SYSCALL_MASK: u32 = 0xc000_0084;
+    /// The GS base SWAPGS exchanges with.
+    pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
+}
