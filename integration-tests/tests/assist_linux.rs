@@ -7,7 +7,7 @@
 //! with KVM's internal error, as in any other VMM.
 //!
 //! On hardware KVM the same kernels boot without any assist, and the tests check that instead.
-//! On a software-KVM host the unpatched kernel takes about a minute; Debian's takes about ten.
+//! On a software-KVM host the unpatched kernel takes about a minute; Debian's about 16-20 minutes.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -114,20 +114,22 @@ fn the_unpatched_test_kernel_boots_to_init() {
 }
 
 #[test]
-#[ignore = "not yet shown to reach init within 40 minutes on a software-KVM host; run with --ignored (issue 6)"]
 fn debians_cloud_kernel_boots_to_init() {
-    // Two boot-time tracing jobs take most of an hour of emulated ring-0 time here, and the kernel
-    // waits for both before init: ftrace's check of its 37,700 call sites (a kallsyms lookup each) and
-    // the rewrite of every trace event's format strings. They are skipped for time, not for the
-    // backend: the kernel runs the same instructions without them (docs/software-kvm.md).
-    let run = boot(
-        "debian-vmlinux",
-        "initcall_blacklist=ftrace_check_for_weak_functions,trace_eval_init",
-        &[],
-        Duration::from_secs(40 * 60),
-    );
+    // About 16-20 minutes on a software-KVM host, nearly all of it emulated ring-0 code in the
+    // kernel's own boot (tracing setup, the BTF parse behind cubic's registration): see
+    // docs/software-kvm.md. The command line is the same as for the unpatched kernel; kvmkit adds
+    // what the backend needs, including `cryptomgr.notests` (without it the crypto self-tests keep
+    // this kernel from init for well over half an hour).
+    let run = boot("debian-vmlinux", "", &[], Duration::from_secs(40 * 60));
     check_runs_init(&run);
     assert!(run.stdout.contains("-cloud-amd64"), "{}", run.context());
+    if software_kvm() {
+        assert!(
+            run.stdout.contains("alg: self-tests disabled"),
+            "{}",
+            run.context()
+        );
+    }
 }
 
 #[test]

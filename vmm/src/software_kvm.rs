@@ -2,6 +2,8 @@
 //! through an instruction emulator that cannot run XSAVE/XRSTOR, FSGSBASE, INVPCID, POPCNT, CMPXCHG16B,
 //! RDRAND/RDSEED, SMAP's CLAC/STAC and a few more, and the VMM cannot hide those features through
 //! CPUID (the guest sees the host's). The guest kernel has to be told on its command line instead.
+//! Ring-0 code also runs about a thousand times slower than on a CPU, so boot-time self-tests that
+//! take milliseconds on hardware take many minutes there; kvmkit turns the crypto ones off.
 
 /// When kvmkit finishes the instructions the backend's emulator gives up on (`--instruction-assist`):
 /// see the `kvmkit-assist` crate.
@@ -42,7 +44,9 @@ impl std::str::FromStr for AssistMode {
     }
 }
 
-/// Kernel parameters that keep a Linux guest off the instructions a software backend cannot run.
+/// Kernel parameters kvmkit adds for a Linux guest on a software backend: first those that keep it
+/// off the instructions the backend cannot run, then those that skip what the backend runs too slowly
+/// to boot.
 pub const BACKEND_FLAGS: &[&str] = &[
     "noxsave",
     "nofsgsbase",
@@ -52,6 +56,13 @@ pub const BACKEND_FLAGS: &[&str] = &[
     // run SSE in ring 0, and without these the kernel uses its generic C versions. (Linux reads at
     // most 127 characters of clearcpuid.)
     "clearcpuid=popcnt,cx16,serialize,rdrand,rdseed,invpcid,rdpid,smap,ssse3,sse4_1,sse4_2,pclmulqdq,aes,sha_ni,gfni",
+    // The crypto self-tests: Debian's kernel runs the deferred ones (big-number algorithms such as
+    // RSA and Diffie-Hellman among them) in a late initcall that init waits for, and here it was
+    // still in them after 16 minutes; before that, loading the built-in X.509 certificates timed out
+    // (-110) waiting for one. With this the same kernel reaches init in under 20 minutes. Linux
+    // ignores it with `fips=1`, where the tests are required; `cryptomgr.notests=0` from the user
+    // keeps them.
+    "cryptomgr.notests",
 ];
 
 /// The parameter's name: what comes before `=`, or the whole word.
@@ -113,6 +124,16 @@ mod tests {
         let (cmdline, added) = with_backend_flags(&format!("console=ttyS0 {full}"));
         assert!(added.is_empty());
         assert_eq!(cmdline, format!("console=ttyS0 {full}"));
+    }
+
+    #[test]
+    fn users_own_setting_of_a_module_parameter_wins() {
+        let (cmdline, added) = with_backend_flags("console=ttyS0 cryptomgr.notests=0");
+        assert!(!added.contains(&"cryptomgr.notests"));
+        assert!(!cmdline.contains("cryptomgr.notests "));
+        assert!(cmdline.starts_with("console=ttyS0 cryptomgr.notests=0 noxsave"));
+        let (_, added) = with_backend_flags("console=ttyS0");
+        assert_eq!(added.last(), Some(&"cryptomgr.notests"));
     }
 
     #[test]
