@@ -166,7 +166,6 @@ pub fn output_within(
     command: &mut std::process::Command,
     limit: std::time::Duration,
 ) -> (String, String, Option<i32>) {
-    use std::io::Read;
     use std::process::Stdio;
     let mut child = command
         .stdin(Stdio::null())
@@ -174,27 +173,8 @@ pub fn output_within(
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the command");
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut text = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut text);
-            }
-            String::from_utf8_lossy(&text).into_owned()
-        })
-    };
-    let stdout = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let stderr = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
+    let stdout = read_to_end_in_thread(child.stdout.take());
+    let stderr = read_to_end_in_thread(child.stderr.take());
     let deadline = std::time::Instant::now() + limit;
     let status = loop {
         match child.try_wait().expect("wait for the command") {
@@ -213,4 +193,18 @@ pub fn output_within(
         stderr.push_str(&format!("\n(killed after {} s)\n", limit.as_secs()));
     }
     (stdout, stderr, status)
+}
+
+/// Reads `pipe` to its end on a thread of its own (so that a child never blocks on a full pipe) and
+/// hands back what it read, as text.
+fn read_to_end_in_thread<R: std::io::Read + Send + 'static>(
+    pipe: Option<R>,
+) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut text);
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    })
 }

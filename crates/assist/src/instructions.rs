@@ -251,7 +251,7 @@ pub(crate) fn unsupported(instr: &Instruction, rip: u64, bytes: &[u8]) -> Error 
 /// `clearcpuid=` may make the kernel pick other code.
 fn hint(instr: &Instruction) -> String {
     use Mnemonic as M;
-    let fixed = match instr.mnemonic() {
+    let parameter = match instr.mnemonic() {
         M::Xsave
         | M::Xsave64
         | M::Xsaveopt
@@ -265,18 +265,16 @@ fn hint(instr: &Instruction) -> String {
         | M::Xrstors
         | M::Xrstors64
         | M::Xsetbv
-        | M::Xgetbv => "boot the guest kernel with `noxsave`",
-        M::Cmpxchg16b => "boot the guest kernel with `clearcpuid=cx16`",
-        M::Invpcid => "boot the guest kernel with `nopcid clearcpuid=invpcid`",
-        M::Rdfsbase | M::Rdgsbase | M::Wrfsbase | M::Wrgsbase => {
-            "boot the guest kernel with `nofsgsbase`"
-        }
-        M::Rdpid => "boot the guest kernel with `clearcpuid=rdpid`",
-        M::Serialize => "boot the guest kernel with `clearcpuid=serialize`",
-        _ => "",
+        | M::Xgetbv => Some("noxsave"),
+        M::Cmpxchg16b => Some("clearcpuid=cx16"),
+        M::Invpcid => Some("nopcid clearcpuid=invpcid"),
+        M::Rdfsbase | M::Rdgsbase | M::Wrfsbase | M::Wrgsbase => Some("nofsgsbase"),
+        M::Rdpid => Some("clearcpuid=rdpid"),
+        M::Serialize => Some("clearcpuid=serialize"),
+        _ => None,
     };
-    if !fixed.is_empty() {
-        return fixed.to_owned();
+    if let Some(parameter) = parameter {
+        return format!("boot the guest kernel with `{parameter}`");
     }
     let features: Vec<String> = instr
         .cpuid_features()
