@@ -212,14 +212,15 @@ impl Vm {
         let vcpus = (0..u64::from(config.cpus))
             .map(|id| vm.create_vcpu(id))
             .collect::<Result<Vec<_>, _>>()?;
+        let software_kvm = kvm.is_software_backend();
         let assist = config
             .instruction_assist
-            .enabled(kvm.is_software_backend())
+            .enabled(software_kvm)
             .then(|| Arc::new(Assist::new(ram.memory().clone())));
         // The system call bridge (docs/software-kvm.md) learns the SYSCALL entry point from the guest's
         // LSTAR write. Without the MSR filter guests still boot; their user space does not.
         if assist.is_some()
-            && kvm.is_software_backend()
+            && software_kvm
             && let Err(e) = vm.trap_msr_writes(&[accel::x86::msr::LSTAR])
         {
             log::warn!("system call bridge off: {e}");
