@@ -8,10 +8,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use virtio::{ActiveQueue, Interrupt};
+use virtio::{ActiveQueue, Interrupt, QueueHandler};
 use virtio_bindings::virtio_blk::VIRTIO_BLK_T_IN;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_devices::block::{DiskImage, Handler, request};
+use virtio_devices::block::{DiskImage, Requests, request};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -101,7 +101,7 @@ fn process_queue(c: &mut Criterion) {
         b.iter_batched(
             || {
                 fill_queue(&mem, N);
-                Handler::new(
+                QueueHandler::new(
                     "bench",
                     mem.clone(),
                     ActiveQueue {
@@ -110,8 +110,7 @@ fn process_queue(c: &mut Criterion) {
                         kick: EventFd::new(EFD_NONBLOCK).unwrap(),
                     },
                     interrupt.clone(),
-                    disk.clone(),
-                    Vec::new(),
+                    Requests::new("bench", disk.clone(), Vec::new()),
                 )
             },
             |mut h| h.process_queue().unwrap(),

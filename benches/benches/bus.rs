@@ -10,7 +10,7 @@ struct Nop;
 impl BusDevice for Nop {}
 
 fn bus_with(devices: u64) -> Bus {
-    let mut bus = Bus::new();
+    let bus = Bus::new();
     for i in 0..devices {
         bus.insert(Arc::new(Mutex::new(Nop)), 0x1000 + i * 8, 8)
             .expect("non-overlapping ranges");

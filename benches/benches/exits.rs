@@ -34,6 +34,8 @@ impl BusDevice for Sink {}
 fn guest(code: &[u8], ram_size: u64) -> (Vcpu, GuestRam, accel::Vm) {
     let kvm = Kvm::new().expect("open /dev/kvm");
     let mut vm = kvm.create_vm().expect("create VM");
+    vm.create_irqchip(accel::IrqChip::Full).expect("irqchip");
+    vm.create_pit().expect("PIT");
     let ram = GuestRam::new(ram_size).expect("guest RAM");
     ram.memory()
         .write_slice(code, GuestAddress(0x1000))
@@ -48,10 +50,10 @@ fn guest(code: &[u8], ram_size: u64) -> (Vcpu, GuestRam, accel::Vm) {
 fn exits(c: &mut Criterion) {
     let mut group = c.benchmark_group("exit round trip");
     for (name, code) in [("pio", PIO_LOOP), ("mmio", MMIO_LOOP)] {
-        let mut pio = Bus::new();
+        let pio = Bus::new();
         pio.insert(Arc::new(Mutex::new(Sink)), 0x10, 1)
             .expect("place device");
-        let mut mmio = Bus::new();
+        let mmio = Bus::new();
         mmio.insert(Arc::new(Mutex::new(Sink)), MMIO_ADDR, 0x1000)
             .expect("place device");
         let (mut vcpu, _ram, _vm) = guest(code, RAM);

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use kvmkit::Outcome;
+use kvmkit::config::{DevicesConfig, MachineConfig};
 use kvmkit::run::{Input, run};
 use kvmkit::software_kvm::AssistMode;
-use kvmkit::vm::{Vm, VmConfig};
+use kvmkit::vm::Vm;
 use machine::kernel::EntryKind;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -69,15 +70,18 @@ impl TinyGuest {
         assist: AssistMode,
     ) -> Self {
         let serial = Capture::default();
-        let vm = Vm::new(VmConfig {
+        let machine = MachineConfig {
             memory: 32 << 20,
             cpus: 1,
-            serial_out: Box::new(serial.clone()),
             acpi: true,
-            disks: Vec::new(),
-            timeline: Default::default(),
             instruction_assist: assist,
-        })
+        };
+        let vm = Vm::new(
+            &machine,
+            &DevicesConfig::default(),
+            Box::new(serial.clone()),
+            Default::default(),
+        )
         .expect("create VM (is /dev/kvm usable?)");
         let mem = vm.ram().memory();
         mem.write_slice(code, GuestAddress(CODE_ADDR))

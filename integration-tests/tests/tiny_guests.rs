@@ -132,11 +132,13 @@ fn long_mode_guest_drives_the_mmio_bus() {
         0xe6, 0x64, //                         out 0x64, al
         0xeb, 0xfe, //                         jmp $
     ];
-    let mut guest = TinyGuest::new(Mode::Long, &code, None);
+    let guest = TinyGuest::new(Mode::Long, &code, None);
     let dev = Arc::new(Mutex::new(Scratch::default()));
     guest
         .vm
-        .mmio_bus_mut()
+        .devices()
+        .buses()
+        .mmio
         .insert(dev.clone(), 0xd000_0000, 0x1000)
         .unwrap();
     let (outcome, out) = guest.run();

@@ -6,6 +6,8 @@
 # Produces in DIR (default: <repo>/target/guest):
 #   vmlinux          uncompressed ELF kernel (booted through its PVH entry note)
 #   vmlinux-unpatched  the same kernel built without the patches (for the instruction assist's tests)
+#   vmlinux-noacpi   the same kernel (patched) built without ACPI and PCI, like Firecracker's microVM
+#                    configs: it finds virtio devices only through virtio_mmio.device= on its command line
 #   bzImage          the same kernel in the x86 boot-protocol format
 #   initramfs.cpio   uncompressed cpio: /init (a static program), /dev/console
 #   cmdline.txt      the kernel command line this kernel needs on this project's machines
@@ -47,7 +49,7 @@ src_version=$(dpkg-query -W -f='${Version}' linux-source-6.1)
 
 # The kernel's cache key: what goes into the kernel build. Bump the recipe version when the kernel build
 # steps below change; the initramfs is rebuilt on every run (it takes a second).
-kernel_recipe=3
+kernel_recipe=4
 key=$( { echo "$src_version $kernel_recipe"; cat "$here/kernel.config" "$here"/patches/*.patch; } \
        | sha256sum | cut -c1-16)
 cache="${KVMKIT_CACHE:-$HOME/.cache/kvmkit}/guest/$key"
@@ -86,6 +88,21 @@ if [ ! -f "$cache/done" ]; then
   make -s -C "$ksrc" -j"$(nproc)" vmlinux
   cp "$ksrc/vmlinux" "$cache.tmp/vmlinux-unpatched"
   cp "$ksrc/.config" "$cache.tmp/config"
+  # The patched kernel once more, without ACPI (and PCI, which only ACPI needed): a kernel that learns
+  # of its virtio devices from the command line alone. Only what depends on those options is rebuilt.
+  for p in "$here"/patches/*.patch; do
+    patch -s -p1 -d "$ksrc" < "$p"
+  done
+  "$ksrc/scripts/config" --file "$ksrc/.config" --disable ACPI --disable PCI
+  make -s -C "$ksrc" olddefconfig >/dev/null 2>&1
+  for opt in CONFIG_ACPI CONFIG_PCI; do
+    if grep -q "^$opt=" "$ksrc/.config"; then echo "guest: $opt is still set in the no-ACPI kernel" >&2; exit 1; fi
+  done
+  for line in CONFIG_VIRTIO_MMIO=y CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y CONFIG_VIRTIO_BLK=y CONFIG_VIRTIO_NET=y; do
+    grep -qx "$line" "$ksrc/.config" || { echo "guest: $line did not stick in the no-ACPI kernel" >&2; exit 1; }
+  done
+  make -s -C "$ksrc" -j"$(nproc)" vmlinux
+  cp "$ksrc/vmlinux" "$cache.tmp/vmlinux-noacpi"
   echo "$src_version" > "$cache.tmp/version"
   rm -rf "$cache"
   mv "$cache.tmp" "$cache"
@@ -111,8 +128,8 @@ LIST
 # The init on its own too, for root filesystem images (integration-tests put it on an ext4 image).
 cp "$init_work/init" "$out/init"
 rm -rf "$init_work"
-for f in vmlinux vmlinux-unpatched bzImage config version; do
+for f in vmlinux vmlinux-unpatched vmlinux-noacpi bzImage config version; do
   cp "$cache/$f" "$out/$f"
 done
 cp "$here/cmdline.txt" "$out/cmdline.txt"
-echo "guest: ready in $out (vmlinux, vmlinux-unpatched, bzImage, initramfs.cpio, init, cmdline.txt)" >&2
+echo "guest: ready in $out (vmlinux, vmlinux-unpatched, vmlinux-noacpi, bzImage, initramfs.cpio, init, cmdline.txt)" >&2

@@ -56,12 +56,13 @@ fn fail(code: i32, e: &dyn std::fmt::Display) -> i32 {
 /// The exit code for an error building the VM: bad input files and sizes are the user's (2), the
 /// rest (KVM, the host) are 1.
 fn build_error_code(e: &vm::Error) -> i32 {
+    use crate::devices::Error as D;
     use machine::Error as M;
     use memory::Error as R;
     match e {
         vm::Error::Memory(R::TooSmall(_) | R::TooLarge(_) | R::Unaligned(_)) => EXIT_BAD_INPUT,
         vm::Error::Accel(accel::Error::VcpuId { .. }) => EXIT_BAD_INPUT,
-        vm::Error::Disk(_) => EXIT_BAD_INPUT,
+        vm::Error::Devices(D::Disk(_) | D::Net(_)) => EXIT_BAD_INPUT,
         vm::Error::Machine(
             M::Open { .. }
             | M::KernelFormat(_)
@@ -82,11 +83,11 @@ fn host_memory() -> Option<u64> {
 
 fn boot(config: VmConfig, timeline: Arc<Timeline>) -> i32 {
     if let Some(host) = host_memory()
-        && config.memory > host
+        && config.machine.memory > host
     {
         return fail(
             EXIT_BAD_INPUT,
-            &crate::config::Error::MoreThanHost(config.memory, host),
+            &crate::config::Error::MoreThanHost(config.machine.memory, host),
         );
     }
     let serial_out: Box<dyn Write + Send> = match &config.serial {
@@ -102,36 +103,20 @@ fn boot(config: VmConfig, timeline: Arc<Timeline>) -> i32 {
             }
         },
     };
-    let mut vm = match Vm::new(vm::VmConfig {
-        memory: config.memory,
-        cpus: config.cpus,
-        serial_out,
-        acpi: config.acpi,
-        disks: config
-            .disks
-            .iter()
-            .map(|d| virtio_devices::BlockConfig {
-                path: d.path.clone(),
-                read_only: d.read_only,
-                serial: d.serial.clone(),
-            })
-            .collect(),
-        timeline,
-        instruction_assist: config.instruction_assist,
-    }) {
+    let mut vm = match Vm::new(&config.machine, &config.devices, serial_out, timeline) {
         Ok(vm) => vm,
         Err(e) => return fail(build_error_code(&e), &e),
     };
     // On a software KVM backend the guest must be told which instructions to avoid.
     let software_kvm = vm.is_software_kvm();
     let (cmdline, added) = if software_kvm {
-        crate::software_kvm::with_backend_flags(&config.cmdline)
+        crate::software_kvm::with_backend_flags(&config.boot.cmdline)
     } else {
-        (config.cmdline.clone(), Vec::new())
+        (config.boot.cmdline.clone(), Vec::new())
     };
     let spec = machine::BootSpec {
-        kernel: &config.kernel,
-        initramfs: config.initramfs.as_deref(),
+        kernel: &config.boot.kernel,
+        initramfs: config.boot.initramfs.as_deref(),
         cmdline: &cmdline,
     };
     if let Err(e) = vm.load_linux(&spec) {

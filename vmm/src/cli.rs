@@ -1,12 +1,15 @@
 //! The command line, in Cloud Hypervisor's shape: `--kernel`, `--initramfs`, `--cmdline`, `--memory`,
-//! `--cpus`, `--serial`, `--acpi`, `--disk`, `--boot-timeline`, `--instruction-assist`.
+//! `--cpus`, `--serial`, `--acpi`, `--disk`, `--net`, `--rng`, `--boot-timeline`,
+//! `--instruction-assist`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Arg, ArgAction, Command};
 
-use crate::config::{self, DEFAULT_CMDLINE, DiskConfig, SerialMode, VmConfig};
+use crate::config::{
+    self, BootConfig, DEFAULT_CMDLINE, DevicesConfig, MachineConfig, SerialMode, VmConfig, devices,
+};
 
 /// The largest `--cpus` accepted (the limit of the xAPIC ids the MP table can name).
 pub const MAX_CPUS: u32 = machine::mptable::MAX_CPUS;
@@ -114,6 +117,23 @@ fn command() -> Command {
                 .help("A virtio-blk disk on a raw image (repeatable: vda, vdb, ...)"),
         )
         .arg(
+            Arg::new("net")
+                .long("net")
+                .value_name("tap=NAME[,mac=AA:BB:CC:DD:EE:FF][,id=ID]")
+                .action(ArgAction::Append)
+                .help(
+                    "A virtio-net card on an existing host tap device (repeatable: eth0, eth1, ...); \
+                     without mac= a stable locally-administered address is derived from the tap's name",
+                ),
+        )
+        .arg(
+            Arg::new("rng")
+                .long("rng")
+                .value_name("on|off")
+                .default_value("on")
+                .help("A virtio-rng entropy source backed by the host's getrandom(2)"),
+        )
+        .arg(
             Arg::new("boot-timeline")
                 .long("boot-timeline")
                 .value_name("table|json")
@@ -162,20 +182,34 @@ where
         }
     };
     let get = |name: &str| m.get_one::<String>(name).cloned().unwrap_or_default();
-    let config = VmConfig {
-        kernel: m.get_one::<PathBuf>("kernel").cloned().unwrap_or_default(),
-        initramfs: m.get_one::<PathBuf>("initramfs").cloned(),
-        cmdline: get("cmdline"),
-        memory: config::parse_size(&get("memory"))?,
-        cpus: config::parse_cpus(&get("cpus"), MAX_CPUS)?,
-        serial: get("serial").parse::<SerialMode>()?,
-        acpi: get("acpi") == "on",
-        instruction_assist: get("instruction-assist").parse().map_err(Error::Usage)?,
+    let devices = DevicesConfig {
         disks: m
             .get_many::<String>("disk")
             .unwrap_or_default()
-            .map(|d| d.parse::<DiskConfig>())
+            .map(|d| devices::parse_disk(d))
             .collect::<Result<_, _>>()?,
+        nets: m
+            .get_many::<String>("net")
+            .unwrap_or_default()
+            .map(|n| devices::parse_net(n))
+            .collect::<Result<_, _>>()?,
+        rng: devices::parse_rng(&get("rng"))?,
+    };
+    devices.validate()?;
+    let config = VmConfig {
+        boot: BootConfig {
+            kernel: m.get_one::<PathBuf>("kernel").cloned().unwrap_or_default(),
+            initramfs: m.get_one::<PathBuf>("initramfs").cloned(),
+            cmdline: get("cmdline"),
+        },
+        machine: MachineConfig {
+            memory: config::parse_size(&get("memory"))?,
+            cpus: config::parse_cpus(&get("cpus"), MAX_CPUS)?,
+            acpi: get("acpi") == "on",
+            instruction_assist: get("instruction-assist").parse().map_err(Error::Usage)?,
+        },
+        devices,
+        serial: get("serial").parse::<SerialMode>()?,
         boot_timeline: m
             .get_one::<String>("boot-timeline")
             .map(|f| match f.as_str() {
@@ -201,16 +235,28 @@ mod tests {
     #[test]
     fn defaults_and_values() {
         let c = run(&["--kernel", "vmlinux"]).unwrap();
-        assert_eq!(c.memory, 256 << 20);
-        assert_eq!(c.cpus, 1);
+        assert_eq!(c.machine.memory, 256 << 20);
+        assert_eq!(c.machine.cpus, 1);
         assert_eq!(c.serial, SerialMode::Stdio);
-        assert_eq!(c.cmdline, DEFAULT_CMDLINE);
-        assert!(c.acpi);
-        assert!(!run(&["--kernel", "k", "--acpi", "off"]).unwrap().acpi);
-        assert_eq!(c.instruction_assist, AssistMode::Auto);
+        assert_eq!(c.boot.cmdline, DEFAULT_CMDLINE);
+        assert!(c.machine.acpi);
+        assert_eq!(c.devices.rng, Some(virtio_devices::RngConfig::default()));
+        assert!(c.devices.nets.is_empty());
+        assert!(
+            !run(&["--kernel", "k", "--acpi", "off"])
+                .unwrap()
+                .machine
+                .acpi
+        );
+        assert_eq!(
+            run(&["--kernel", "k", "--rng", "off"]).unwrap().devices.rng,
+            None
+        );
+        assert_eq!(c.machine.instruction_assist, AssistMode::Auto);
         assert_eq!(
             run(&["--kernel", "k", "--instruction-assist", "off"])
                 .unwrap()
+                .machine
                 .instruction_assist,
             AssistMode::Off
         );
@@ -221,9 +267,15 @@ mod tests {
             "path=a",
             "--disk",
             "path=b,readonly=on",
+            "--net",
+            "tap=tap0",
+            "--net",
+            "tap=tap1,mac=52:54:00:00:00:01,id=uplink",
         ])
         .unwrap();
-        assert_eq!(c.disks.len(), 2);
+        assert_eq!(c.devices.disks.len(), 2);
+        assert_eq!(c.devices.nets.len(), 2);
+        assert_eq!(c.devices.nets[1].id.as_deref(), Some("uplink"));
         assert_eq!(c.boot_timeline, None);
         let t = |v: &[&str]| {
             run(&[&["--kernel", "k"], v].concat())
@@ -238,7 +290,7 @@ mod tests {
             t(&["--boot-timeline", "json"]),
             Some(crate::timeline::Format::Json)
         );
-        assert!(c.disks[1].read_only);
+        assert!(c.devices.disks[1].read_only);
         let c = run(&[
             "--kernel",
             "k",
@@ -251,7 +303,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            (c.memory, c.serial, c.cmdline.as_str()),
+            (c.machine.memory, c.serial, c.boot.cmdline.as_str()),
             (1 << 30, SerialMode::Off, "x=1")
         );
     }
@@ -268,6 +320,9 @@ mod tests {
             &["--kernel", "k", "--instruction-assist", "sometimes"][..],
             &["--kernel", "k", "--disk", "a.img"][..],
             &["--kernel", "k", "--boot-timeline", "xml"][..],
+            &["--kernel", "k", "--net", "tap0"][..],
+            &["--kernel", "k", "--net", "tap=a", "--net", "tap=a"][..],
+            &["--kernel", "k", "--rng", "maybe"][..],
         ] {
             let e = run(args).unwrap_err().to_string();
             assert!(!e.contains('\n') && !e.is_empty(), "{args:?}: {e}");

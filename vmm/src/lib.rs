@@ -1,15 +1,18 @@
 #![doc = include_str!("../README.md")]
 //!
 //! The sequence is config -> memory -> machine -> devices -> vCPU threads:
-//! [`vm::Vm::new`] builds KVM's VM, guest RAM and the legacy devices; [`vm::Vm::load_linux`] loads a
-//! kernel and sets up the vCPUs; [`run::run`] starts one thread per vCPU and waits for the VM to end.
+//! [`vm::Vm::new`] builds KVM's VM, guest RAM and, through the [`devices::DeviceManager`], the legacy
+//! and virtio devices; [`vm::Vm::load_linux`] loads a kernel and sets up the vCPUs; [`run::run`]
+//! starts one thread per vCPU and runs the event loop ([`events`]) until the VM ends.
 //! [`cli`] and [`config`] turn the command line into that sequence's inputs.
 
 pub mod app;
+pub mod assist_hook;
 pub mod cli;
 pub mod config;
 pub mod console;
 pub mod devices;
+pub mod events;
 pub mod logger;
 pub mod outcome;
 pub mod run;

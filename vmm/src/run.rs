@@ -1,46 +1,48 @@
-//! Running a VM: one thread per vCPU, and an event-loop thread (`kvmkit-events`) that waits for the
-//! VM to end (guest reset, a vCPU's fatal exit, the user's quit, a stop signal) while feeding console
-//! input, then stops every vCPU thread. [`RunningVm`] can pause and resume the vCPUs meanwhile.
+//! Running a VM: one thread per vCPU, and an event-loop thread (`kvmkit-events`) that runs the VM's
+//! event sources (guest reset and power-off, a vCPU's fatal exit, a stop signal, a stop request,
+//! console input, and any a caller registers) until one of them ends the VM, then stops every vCPU
+//! thread. [`RunningVm`] can pause and resume the vCPUs meanwhile.
 
-use std::collections::VecDeque;
 use std::fs::File;
-use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use event_manager::{EventManager, RemoteEndpoint, SubscriberOps};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::console::EscapeParser;
+use crate::assist_hook::AssistHook;
+use crate::events::{ConsoleInput, EndOn, EventSource, StopSignalSource, VcpuOutcomes, VmEnd};
 use crate::outcome::Outcome;
-use crate::signals::StopSignals;
-use crate::vcpu::VcpuGroup;
+use crate::vcpu::{ExitHook, VcpuGroup};
 use crate::vm::Vm;
 
 /// Errors from running a VM (not from the guest: those are [`Outcome`]s).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The event loop's epoll or eventfd could not be set up or waited on.
+    /// An eventfd, the signal route or the console's timer could not be set up.
     #[error("event loop: {0}")]
-    EventLoop(#[source] std::io::Error),
+    Setup(#[source] std::io::Error),
+    /// The event loop's epoll failed.
+    #[error("event loop: {0}")]
+    EventLoop(#[source] event_manager::Error),
     /// A vCPU or event-loop thread could not be started.
     #[error("cannot start a thread: {0}")]
     Spawn(#[source] std::io::Error),
     /// The event loop panicked (the vCPUs were stopped).
     #[error("the event loop panicked")]
     Panicked,
+    /// The event loop has ended, so it takes no more sources.
+    #[error("the VM's event loop has ended")]
+    Ended,
 }
 
-const TOKEN_RESET: u64 = 0;
-const TOKEN_VCPU: u64 = 1;
-const TOKEN_STDIN: u64 = 2;
-const TOKEN_SIGNAL: u64 = 3;
-const TOKEN_STOP: u64 = 4;
-const TOKEN_POWER_OFF: u64 = 5;
-/// How often to retry console input that did not fit in the UART's FIFO.
-const INPUT_RETRY_MS: i32 = 10;
+impl From<event_manager::Error> for Error {
+    fn from(e: event_manager::Error) -> Self {
+        Self::EventLoop(e)
+    }
+}
 
 /// Where console input comes from.
 #[derive(Debug)]
@@ -69,11 +71,20 @@ impl Input {
 }
 
 /// A VM whose vCPUs and event loop are running.
-#[derive(Debug)]
 pub struct RunningVm {
     vcpus: Arc<VcpuGroup>,
     stop: EventFd,
+    end: VmEnd,
+    endpoint: RemoteEndpoint<EventSource>,
     events: JoinHandle<Result<Outcome, Error>>,
+}
+
+impl std::fmt::Debug for RunningVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningVm")
+            .field("vcpus", &self.vcpus)
+            .finish()
+    }
 }
 
 impl RunningVm {
@@ -91,6 +102,23 @@ impl RunningVm {
     /// ended it first).
     pub fn stop(&self) {
         let _ = self.stop.write(1);
+    }
+
+    /// Where event sources end the VM: a source made for [`RunningVm::add_event_source`] keeps a
+    /// clone and calls [`VmEnd::end`].
+    pub fn vm_end(&self) -> VmEnd {
+        self.end.clone()
+    }
+
+    /// Adds an event source to the running VM's event loop (on the loop's thread); returns once it
+    /// is registered.
+    pub fn add_event_source(&self, source: EventSource) -> Result<(), Error> {
+        self.endpoint
+            .call_blocking(move |ops| -> Result<(), event_manager::Error> {
+                ops.add_subscriber(source);
+                Ok(())
+            })
+            .map_err(|_| Error::Ended)
     }
 
     /// Waits for the VM to end and returns why. Every vCPU thread has stopped when this returns.
@@ -116,43 +144,69 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
         kvm,
         vm: kvm_vm,
         ram,
-        buses,
+        devices,
+        legacy,
         vcpus,
-        serial,
-        reset,
-        power_off,
-        panicked,
-        acpi: _,
-        virtio: _,
         timeline,
         assist,
     } = vm;
-    // The VM's fd (and with it the irqfds) and its RAM must outlive every vCPU thread: the event-loop
-    // thread owns them and drops them only after it has stopped the vCPUs.
-    let keep_alive = (kvm, kvm_vm, ram);
-    let wake = EventFd::new(EFD_NONBLOCK).map_err(Error::EventLoop)?;
-    let stop = EventFd::new(EFD_NONBLOCK).map_err(Error::EventLoop)?;
-    let loop_stop = stop.try_clone().map_err(Error::EventLoop)?;
+    let setup = Error::Setup;
+    let end = VmEnd::default();
+    let wake = EventFd::new(EFD_NONBLOCK).map_err(setup)?;
+    let stop = EventFd::new(EFD_NONBLOCK).map_err(setup)?;
     let (tx, rx) = mpsc::channel();
+    let mut manager = EventManager::<EventSource>::new()?;
+    let sources: Vec<EventSource> = vec![
+        Box::new(EndOn::new(legacy.reset, Outcome::Reset, end.clone())),
+        Box::new(EndOn::new(legacy.power_off, Outcome::PowerOff, end.clone())),
+        Box::new(EndOn::new(
+            stop.try_clone().map_err(setup)?,
+            Outcome::Stopped,
+            end.clone(),
+        )),
+        Box::new(StopSignalSource::new(end.clone()).map_err(setup)?),
+        Box::new(VcpuOutcomes::new(
+            wake.try_clone().map_err(setup)?,
+            rx,
+            end.clone(),
+        )),
+    ];
+    for source in sources {
+        manager.add_subscriber(source);
+    }
+    if let Some(input) = input.into_file() {
+        let console =
+            ConsoleInput::new(input, legacy.serial.clone(), end.clone()).map_err(setup)?;
+        manager.add_subscriber(Box::new(console));
+    }
+    let endpoint = manager.remote_endpoint();
+
+    let vcpus: Vec<(accel::Vcpu, Option<Box<dyn ExitHook>>)> = vcpus
+        .into_iter()
+        .map(|vcpu| {
+            let hook = assist
+                .clone()
+                .map(|a| Box::new(AssistHook::new(a)) as Box<dyn ExitHook>);
+            (vcpu, hook)
+        })
+        .collect();
     let group = Arc::new(
-        VcpuGroup::spawn(vcpus, Arc::new(buses), assist, tx, &wake, timeline.clone())
+        VcpuGroup::spawn(vcpus, devices.buses().clone(), tx, &wake, timeline.clone())
             .map_err(Error::Spawn)?,
     );
+    // The VM's fd (and with it the irqfds), its RAM and its devices must outlive every vCPU thread:
+    // the event-loop thread owns them and drops them only after it has stopped the vCPUs.
+    let keep_alive = (kvm, kvm_vm, ram, devices);
+    let panicked = legacy.panicked;
     let loop_group = group.clone();
+    let loop_end = end.clone();
     let events = std::thread::Builder::new()
         .name("kvmkit-events".into())
         .spawn(move || {
-            let result = event_loop(EventSources {
-                wake,
-                reset,
-                power_off,
-                stop: loop_stop,
-                rx,
-                serial,
-                input,
-            });
+            let result = event_loop(&mut manager, &loop_end);
             timeline.mark(crate::timeline::Event::GuestShutdown);
             loop_group.stop();
+            drop(manager);
             drop(keep_alive);
             // A reset that follows a kernel panic is the guest crashing, not rebooting.
             result.map(|o| match o {
@@ -164,6 +218,8 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
         Ok(events) => Ok(RunningVm {
             vcpus: group,
             stop,
+            end,
+            endpoint,
             events,
         }),
         Err(e) => {
@@ -173,120 +229,11 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
     }
 }
 
-/// What the event loop watches.
-struct EventSources {
-    wake: EventFd,
-    reset: EventFd,
-    power_off: EventFd,
-    stop: EventFd,
-    rx: mpsc::Receiver<Outcome>,
-    serial: Arc<Mutex<legacy::Serial>>,
-    input: Input,
-}
-
-fn event_loop(sources: EventSources) -> Result<Outcome, Error> {
-    let EventSources {
-        wake,
-        reset,
-        power_off,
-        stop,
-        rx,
-        serial,
-        input,
-    } = sources;
-    let signals = StopSignals::new().map_err(Error::EventLoop)?;
-    let epoll = Epoll::new().map_err(Error::EventLoop)?;
-    let watch = |fd: i32, token: u64| {
-        epoll.ctl(
-            ControlOperation::Add,
-            fd,
-            EpollEvent::new(EventSet::IN, token),
-        )
-    };
-    watch(reset.as_raw_fd(), TOKEN_RESET).map_err(Error::EventLoop)?;
-    watch(power_off.as_raw_fd(), TOKEN_POWER_OFF).map_err(Error::EventLoop)?;
-    watch(wake.as_raw_fd(), TOKEN_VCPU).map_err(Error::EventLoop)?;
-    watch(signals.event().as_raw_fd(), TOKEN_SIGNAL).map_err(Error::EventLoop)?;
-    watch(stop.as_raw_fd(), TOKEN_STOP).map_err(Error::EventLoop)?;
-    // An input that epoll cannot watch (a regular file) simply gives no input.
-    let mut input = input.into_file();
-    if let Some(f) = &input
-        && watch(f.as_raw_fd(), TOKEN_STDIN).is_err()
-    {
-        input = None;
-    }
-
-    let mut parser = EscapeParser::default();
-    let mut pending: VecDeque<u8> = VecDeque::new();
-    // One slot per token: every source can be ready at once.
-    let mut events = vec![EpollEvent::default(); 6];
+/// Runs the sources of `manager` until one of them ends the VM.
+fn event_loop(manager: &mut EventManager<EventSource>, end: &VmEnd) -> Result<Outcome, Error> {
     loop {
-        let timeout = if pending.is_empty() {
-            -1
-        } else {
-            INPUT_RETRY_MS
-        };
-        let n = match epoll.wait(timeout, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::EventLoop(e)),
-        };
-        let mut ended = None;
-        for ev in &events[..n] {
-            match ev.data() {
-                TOKEN_RESET => {
-                    let _ = reset.read();
-                    ended = Some(Outcome::Reset);
-                }
-                TOKEN_POWER_OFF => {
-                    let _ = power_off.read();
-                    ended = Some(Outcome::PowerOff);
-                }
-                TOKEN_STOP => {
-                    let _ = stop.read();
-                    ended = Some(Outcome::Stopped);
-                }
-                TOKEN_SIGNAL => {
-                    if let Some(sig) = signals.received() {
-                        ended = Some(Outcome::Signal(sig));
-                    }
-                }
-                TOKEN_VCPU => {
-                    let _ = wake.read();
-                    if let Ok(outcome) = rx.try_recv() {
-                        ended = Some(outcome);
-                    }
-                }
-                TOKEN_STDIN => {
-                    let Some(f) = input.as_mut() else { continue };
-                    let mut buf = [0u8; 64];
-                    match f.read(&mut buf) {
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Ok(0) | Err(_) => {
-                            // EOF or a broken input: stop watching it, the guest runs on.
-                            let fd = f.as_raw_fd();
-                            let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
-                            input = None;
-                        }
-                        Ok(k) => {
-                            let input = parser.feed(&buf[..k]);
-                            pending.extend(input.to_guest);
-                            if input.quit {
-                                ended = Some(Outcome::Quit);
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        if !pending.is_empty() {
-            let mut uart = serial.lock().unwrap_or_else(|e| e.into_inner());
-            let (front, _) = pending.as_slices();
-            let taken = uart.enqueue_input(front);
-            pending.drain(..taken);
-        }
-        if let Some(outcome) = ended {
+        manager.run()?;
+        if let Some(outcome) = end.outcome() {
             return Ok(outcome);
         }
     }

@@ -1,7 +1,10 @@
 //! The vCPU threads: run the guest, hand port and MMIO exits to the buses, report how it ended; and
 //! the pause / resume / stop controls over all of them.
 //!
-//! The loop knows no device and no address: every access goes to [`Buses`].
+//! The loop knows no device and no address: every access goes to [`Buses`]. Exits it cannot
+//! complete by itself (an emulation failure, a trapped MSR write, a debug exit) go to the vCPU's
+//! [`ExitHook`] if it has one: that is where the instruction assist plugs in
+//! ([`crate::assist_hook`]).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::Sender;
@@ -10,35 +13,59 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use accel::{EventFd, SystemEvent, Vcpu, VcpuExit};
-use assist::{Assist, Resolution, SyscallBridge};
-use bus::Bus;
 
+use crate::devices::Buses;
 use crate::outcome::Outcome;
 use crate::timeline::{Event, Timeline};
 
-/// `KVM_EXIT_INTERNAL_ERROR`'s suberror for an instruction KVM's emulator could not run.
-const EMULATION_FAILURE: u32 = kvm_bindings::KVM_INTERNAL_ERROR_EMULATION;
+/// An exit the loop does not complete by itself, with what it needs copied out of the `kvm_run`
+/// page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unhandled {
+    /// `KVM_EXIT_INTERNAL_ERROR` (details: [`Vcpu::internal_error`]).
+    InternalError,
+    /// A write to an MSR that the VM traps to userspace.
+    WriteMsr {
+        /// The MSR.
+        index: u32,
+        /// The value the guest wrote.
+        data: u64,
+    },
+    /// A debug exception (a breakpoint set through `KVM_SET_GUEST_DEBUG`) at `pc`.
+    Breakpoint {
+        /// The guest's linear address of the instruction.
+        pc: u64,
+    },
+}
 
-/// The address spaces a vCPU's exits go to.
-#[derive(Debug, Default)]
-pub struct Buses {
-    /// Port I/O.
-    pub pio: Bus,
-    /// Memory-mapped I/O.
-    pub mmio: Bus,
+/// What an [`ExitHook`] did with an exit.
+#[derive(Debug)]
+pub enum Handled {
+    /// Dealt with: the guest runs on.
+    Resume,
+    /// The VM ends so.
+    End(Outcome),
+    /// Not this hook's business: the loop does what it does without a hook.
+    NotMine,
+}
+
+/// Extends one vCPU's loop for the exits it cannot complete by itself. Each vCPU thread owns its
+/// hook, so a hook may keep per-vCPU state.
+pub trait ExitHook: Send {
+    /// Deals with `exit` of `vcpu`, stopped there.
+    fn handle(&mut self, vcpu: &mut Vcpu, exit: Unhandled) -> Handled;
 }
 
 /// Runs `vcpu` until the guest does something that ends the VM (the outcome) or `control` asks it to
 /// stop (`None`); parks it while `control` asks for a pause. Port and MMIO exits are completed through
-/// `buses`; emulation failures, trapped LSTAR writes and breakpoints go to `assist` when there is one.
+/// `buses`; the other exits go to `hook` first, when there is one.
 pub fn run_loop(
     vcpu: &mut Vcpu,
     buses: &Buses,
-    assist: Option<&Assist>,
+    mut hook: Option<&mut dyn ExitHook>,
     control: &Control,
 ) -> Option<Outcome> {
     let id = vcpu.id();
-    let mut syscalls = SyscallBridge::default();
     loop {
         match control.request() {
             Request::Run => {}
@@ -48,7 +75,7 @@ pub fn run_loop(
             }
             Request::Stop => return None,
         }
-        let exit = match vcpu.run() {
+        let next = match vcpu.run() {
             Ok(VcpuExit::IoIn { port, data }) => {
                 buses.pio.read(u64::from(port), data);
                 continue;
@@ -66,118 +93,84 @@ pub fn run_loop(
                 continue;
             }
             Ok(VcpuExit::Interrupted) => continue,
+            Ok(VcpuExit::InternalError) => Next::Hook(Unhandled::InternalError),
+            Ok(VcpuExit::WriteMsr { index, data, .. }) => {
+                Next::Hook(Unhandled::WriteMsr { index, data })
+            }
+            Ok(VcpuExit::Debug { pc, .. }) => Next::Hook(Unhandled::Breakpoint { pc }),
+            Ok(VcpuExit::Hlt) => Next::Halted,
+            Ok(VcpuExit::Shutdown) => Next::TripleFault,
+            Ok(VcpuExit::SystemEvent(SystemEvent::Shutdown)) => Next::End(Outcome::PowerOff),
+            Ok(VcpuExit::SystemEvent(SystemEvent::Reset)) => Next::End(Outcome::Reset),
+            Ok(VcpuExit::SystemEvent(_)) => Next::End(Outcome::Crash { vcpu: id }),
+            Ok(VcpuExit::FailEntry { reason }) => {
+                Next::End(Outcome::FailEntry { vcpu: id, reason })
+            }
             // kvmkit asks KVM for no other exits; looping on one would spin forever.
-            Ok(VcpuExit::Other(what)) => Exit::Ended(Outcome::VcpuError {
+            Ok(VcpuExit::Other(what)) => Next::End(Outcome::VcpuError {
                 vcpu: id,
                 error: format!("unexpected KVM exit: {what}"),
             }),
-            Ok(VcpuExit::Hlt) => Exit::Halted,
-            Ok(VcpuExit::Shutdown) => Exit::TripleFault,
-            Ok(VcpuExit::SystemEvent(SystemEvent::Shutdown)) => Exit::Ended(Outcome::PowerOff),
-            Ok(VcpuExit::SystemEvent(SystemEvent::Reset)) => Exit::Ended(Outcome::Reset),
-            Ok(VcpuExit::SystemEvent(_)) => Exit::Ended(Outcome::Crash { vcpu: id }),
-            Ok(VcpuExit::InternalError) => Exit::InternalError,
-            Ok(VcpuExit::WriteMsr { index, data, .. }) => Exit::WriteMsr { index, data },
-            Ok(VcpuExit::Debug { pc, .. }) => Exit::Breakpoint { pc },
-            Ok(VcpuExit::FailEntry { reason }) => {
-                Exit::Ended(Outcome::FailEntry { vcpu: id, reason })
-            }
-            Err(e) => Exit::Ended(Outcome::VcpuError {
+            Err(e) => Next::End(Outcome::VcpuError {
                 vcpu: id,
                 error: e.to_string(),
             }),
         };
-        if let Some(outcome) = settle(vcpu, exit, assist, &mut syscalls) {
-            return Some(outcome);
+        let unhandled = match next {
+            Next::Hook(unhandled) => unhandled,
+            Next::Halted => {
+                let rip = rip(vcpu);
+                return Some(Outcome::Halted { vcpu: id, rip });
+            }
+            Next::TripleFault => {
+                let rip = rip(vcpu);
+                return Some(Outcome::TripleFault { vcpu: id, rip });
+            }
+            Next::End(outcome) => return Some(outcome),
+        };
+        let handled = match hook.as_deref_mut() {
+            Some(hook) => hook.handle(vcpu, unhandled),
+            None => Handled::NotMine,
+        };
+        match handled {
+            Handled::Resume => {}
+            Handled::End(outcome) => return Some(outcome),
+            Handled::NotMine => return Some(unhandled_outcome(vcpu, unhandled)),
         }
     }
 }
 
-/// An exit the loop did not complete on the spot, with what it needs copied out of the `kvm_run` page.
-enum Exit {
-    /// The VM ends with this outcome.
-    Ended(Outcome),
+/// What the loop does after an exit it did not complete in place (copied out of `kvm_run`).
+enum Next {
+    Hook(Unhandled),
     Halted,
     TripleFault,
-    InternalError,
-    /// A trapped MSR write.
-    WriteMsr {
-        index: u32,
-        data: u64,
-    },
-    /// A debug exception at `pc`.
-    Breakpoint {
-        pc: u64,
-    },
+    End(Outcome),
 }
 
-/// Handles an exit that needs the vCPU's registers: `None` if the guest runs on, else how the VM
-/// ends.
-fn settle(
-    vcpu: &mut Vcpu,
-    exit: Exit,
-    assist: Option<&Assist>,
-    syscalls: &mut SyscallBridge,
-) -> Option<Outcome> {
+/// The guest's RIP, for outcome messages (`u64::MAX` if KVM cannot say).
+pub fn rip(vcpu: &Vcpu) -> u64 {
+    vcpu.regs().map(|r| r.rip).unwrap_or(u64::MAX)
+}
+
+/// How the VM ends on an exit no hook dealt with.
+fn unhandled_outcome(vcpu: &mut Vcpu, exit: Unhandled) -> Outcome {
     let id = vcpu.id();
-    let rip = |vcpu: &Vcpu| vcpu.regs().map(|r| r.rip).unwrap_or(u64::MAX);
-    let failed = |error: String| Some(Outcome::VcpuError { vcpu: id, error });
-    match (exit, assist) {
-        (Exit::Ended(outcome), _) => Some(outcome),
-        (Exit::Halted, _) => Some(Outcome::Halted {
-            vcpu: id,
-            rip: rip(vcpu),
-        }),
-        (Exit::TripleFault, _) => Some(Outcome::TripleFault {
-            vcpu: id,
-            rip: rip(vcpu),
-        }),
-        (Exit::InternalError, Some(assist))
-            if vcpu.internal_error().suberror == EMULATION_FAILURE =>
-        {
-            match assist.handle(vcpu) {
-                Ok(Resolution::Resumed(kind)) => {
-                    log::debug!("vCPU {id}: assisted {}", kind.name());
-                    None
-                }
-                Ok(Resolution::TripleFault(_)) => Some(Outcome::TripleFault {
-                    vcpu: id,
-                    rip: rip(vcpu),
-                }),
-                Err(e) => Some(Outcome::InternalError {
-                    vcpu: id,
-                    rip: rip(vcpu),
-                    error: vcpu.internal_error(),
-                    assist: Some(e.to_string()),
-                }),
-            }
-        }
-        (Exit::InternalError, _) => Some(Outcome::InternalError {
+    match exit {
+        Unhandled::InternalError => Outcome::InternalError {
             vcpu: id,
             rip: rip(vcpu),
             error: vcpu.internal_error(),
             assist: None,
-        }),
-        (Exit::WriteMsr { index, data }, Some(assist)) if index == accel::x86::msr::LSTAR => {
-            match syscalls.lstar_written(assist, vcpu, data) {
-                Ok(armed) => {
-                    log::debug!("vCPU {id}: LSTAR = {data:#x}, system call bridge armed: {armed}");
-                    None
-                }
-                Err(e) => failed(e.to_string()),
-            }
-        }
-        (Exit::Breakpoint { pc }, Some(assist)) => match syscalls.breakpoint(assist, vcpu, pc) {
-            Ok(entry) => {
-                log::debug!("vCPU {id}: breakpoint at {pc:#x}: {entry:?}");
-                None
-            }
-            Err(e) => failed(e.to_string()),
         },
-        (Exit::WriteMsr { index, .. }, _) => {
-            failed(format!("unexpected MSR write exit ({index:#x})"))
-        }
-        (Exit::Breakpoint { pc }, None) => failed(format!("unexpected debug exit at {pc:#x}")),
+        Unhandled::WriteMsr { index, .. } => Outcome::VcpuError {
+            vcpu: id,
+            error: format!("unexpected MSR write exit ({index:#x})"),
+        },
+        Unhandled::Breakpoint { pc } => Outcome::VcpuError {
+            vcpu: id,
+            error: format!("unexpected debug exit at {pc:#x}"),
+        },
     }
 }
 
@@ -292,12 +285,12 @@ pub struct VcpuGroup {
 }
 
 impl VcpuGroup {
-    /// Starts each vCPU on a thread named `kvmkit-vcpu-N`. A vCPU whose guest ends the VM sends the
-    /// outcome on `outcomes` and writes `wake`; a thread that panics reports that as its outcome.
+    /// Starts each vCPU, with its exit hook if it has one, on a thread named `kvmkit-vcpu-N`. A
+    /// vCPU whose guest ends the VM sends the outcome on `outcomes` and writes `wake`; a thread that
+    /// panics reports that as its outcome.
     pub fn spawn(
-        vcpus: Vec<Vcpu>,
+        vcpus: Vec<(Vcpu, Option<Box<dyn ExitHook>>)>,
         buses: Arc<Buses>,
-        assist: Option<Arc<Assist>>,
         outcomes: Sender<Outcome>,
         wake: &EventFd,
         timeline: Arc<Timeline>,
@@ -308,23 +301,23 @@ impl VcpuGroup {
             control: control.clone(),
             threads: Mutex::new(Vec::new()),
         };
-        for mut vcpu in vcpus {
+        for (mut vcpu, mut hook) in vcpus {
             let (buses, control, outcomes) = (buses.clone(), control.clone(), outcomes.clone());
-            let assist = assist.clone();
             let timeline = timeline.clone();
             let wake = wake.try_clone()?;
             let id = vcpu.id();
             let spawned = std::thread::Builder::new()
                 .name(format!("kvmkit-vcpu-{id}"))
                 .spawn(move || {
-                    let kick = vcpu.bind_kick();
+                    let mut vcpu = vcpu.bind_kick();
                     if id == 0 {
                         timeline.mark(Event::FirstKvmRun);
                     }
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        run_loop(&mut vcpu, &buses, assist.as_deref(), &control)
+                        let hook = hook.as_mut().map(|h| h.as_mut() as &mut dyn ExitHook);
+                        run_loop(&mut vcpu, &buses, hook, &control)
                     }));
-                    drop(kick);
+                    drop(vcpu);
                     let outcome = match ran {
                         Ok(outcome) => outcome,
                         Err(_) => Some(Outcome::VcpuError {

@@ -5,6 +5,10 @@ use kvm_ioctls::Cap;
 
 use crate::{Error, Result, Vm};
 
+/// The sysfs entry of kvm_pvm, the software backend whose presence [`Kvm::is_software_backend`]
+/// reports.
+const SOFTWARE_BACKEND_MODULE: &str = "/sys/module/kvm_pvm";
+
 /// Capabilities every kvmkit VM needs, with the names used in error messages.
 pub const REQUIRED_CAPS: &[(Cap, &str)] = &[
     (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
@@ -21,6 +25,8 @@ pub const REQUIRED_CAPS: &[(Cap, &str)] = &[
 #[derive(Debug)]
 pub struct Kvm {
     kvm: kvm_ioctls::Kvm,
+    /// Decided once, when `/dev/kvm` is opened: see [`Kvm::is_software_backend`].
+    software: bool,
 }
 
 impl Kvm {
@@ -32,7 +38,10 @@ impl Kvm {
             return Err(Error::ApiVersion(version));
         }
         check_caps(|cap| kvm.check_extension(cap))?;
-        Ok(Self { kvm })
+        Ok(Self {
+            kvm,
+            software: std::path::Path::new(SOFTWARE_BACKEND_MODULE).exists(),
+        })
     }
 
     /// The largest number of vCPUs one VM may have (`KVM_CAP_MAX_VCPUS`).
@@ -46,9 +55,10 @@ impl Kvm {
     }
 
     /// True if `/dev/kvm` is a software backend (kvm_pvm) rather than hardware virtualization: guest
-    /// ring-0 code is emulated there, and some instructions and all hypercalls fail.
+    /// ring-0 code is emulated there, and some instructions and all hypercalls fail. Decided once,
+    /// when this handle was opened.
     pub fn is_software_backend(&self) -> bool {
-        std::path::Path::new("/sys/module/kvm_pvm").exists()
+        self.software
     }
 
     /// The CPUID entries KVM can expose to a guest (`KVM_GET_SUPPORTED_CPUID`).
@@ -65,7 +75,8 @@ impl Kvm {
             .map_err(Error::ioctl("KVM_GET_MSR_INDEX_LIST"))
     }
 
-    /// Creates a VM with the in-kernel irqchip (PIC + IOAPIC + LAPICs) and PIT.
+    /// Creates a VM with its TSS placed and no interrupt controller yet: call
+    /// [`Vm::create_irqchip`] (and [`Vm::create_pit`]) before creating vCPUs.
     pub fn create_vm(&self) -> Result<Vm> {
         let fd = self
             .kvm

@@ -11,7 +11,7 @@ pub use exit::{InternalError, SystemEvent, VcpuExit};
 pub use kick::{KickBinding, kick_current_thread};
 pub use kvm::{Kvm, REQUIRED_CAPS};
 pub use vcpu::Vcpu;
-pub use vm::Vm;
+pub use vm::{IrqChip, Vm};
 
 pub use kvm_bindings;
 pub use vmm_sys_util::eventfd::EventFd;

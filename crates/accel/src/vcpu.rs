@@ -1,5 +1,6 @@
 //! One virtual CPU: register plumbing and `KVM_RUN` with exit decoding.
 
+use std::mem::ManuallyDrop;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
@@ -21,8 +22,11 @@ const XFEATURE_SSE: u32 = 1 << 1;
 /// A vCPU. Owned by the thread that runs it.
 #[derive(Debug)]
 pub struct Vcpu {
-    fd: VcpuFd,
+    /// Dropped by hand in `Drop`: kept (leaked) when a kick binding may still point at its page.
+    fd: ManuallyDrop<VcpuFd>,
     id: u64,
+    /// A [`KickBinding`](crate::KickBinding) made for this vCPU has not been dropped.
+    pub(crate) kick_bound: bool,
     /// The last `KVM_RUN` returned EINTR (maybe through a kick's `immediate_exit`).
     interrupted: bool,
     /// The VM's guest memory: the mappings KVM reads and writes while this vCPU runs stay alive as long
@@ -33,8 +37,9 @@ pub struct Vcpu {
 impl Vcpu {
     pub(crate) fn new(fd: VcpuFd, id: u64, memory: Arc<Mutex<Vec<GuestMemoryMmap>>>) -> Self {
         Self {
-            fd,
+            fd: ManuallyDrop::new(fd),
             id,
+            kick_bound: false,
             interrupted: false,
             _memory: memory,
         }
@@ -104,11 +109,12 @@ impl Vcpu {
     }
 
     /// Binds this vCPU to the calling thread so that [`kick_current_thread`](crate::kick_current_thread),
-    /// called from a signal handler on this thread, makes `KVM_RUN` return. Keep the binding alive
-    /// for as long as the thread runs this vCPU, and drop it before the vCPU.
-    pub fn bind_kick(&mut self) -> crate::KickBinding {
+    /// called from a signal handler on this thread, makes `KVM_RUN` return. The binding borrows the
+    /// vCPU and dereferences to it: run the vCPU through it for as long as the thread runs it.
+    pub fn bind_kick(&mut self) -> crate::KickBinding<'_> {
         let run = self.fd.get_kvm_run();
-        crate::KickBinding::bind(std::ptr::addr_of_mut!(run.immediate_exit))
+        let immediate_exit = std::ptr::addr_of_mut!(run.immediate_exit);
+        crate::KickBinding::bind(self, immediate_exit)
     }
 
     /// General-purpose registers.
@@ -279,5 +285,17 @@ impl Vcpu {
     /// benchmark baseline).
     pub fn fd_mut(&mut self) -> &mut VcpuFd {
         &mut self.fd
+    }
+}
+
+impl Drop for Vcpu {
+    fn drop(&mut self) {
+        if self.kick_bound {
+            // A binding was leaked: a thread's kick handler may still point at this vCPU's kvm_run
+            // page, so the page (and the vCPU fd that maps it) must stay.
+            return;
+        }
+        // SAFETY: `fd` is dropped exactly once, here, and `self` is not used afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.fd) };
     }
 }

@@ -1,4 +1,5 @@
-//! A KVM virtual machine: memory slots, the in-kernel irqchip and PIT, irqfds, vCPUs.
+//! A KVM virtual machine: memory slots, the in-kernel irqchip (whole or split) and PIT, irqfds,
+//! ioeventfds, vCPUs.
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,19 @@ use crate::{Error, Result, Vcpu};
 /// Guest-physical address of the three pages KVM needs for the TSS on Intel hosts; it sits in the
 /// 32-bit MMIO hole just below the IOAPIC/LAPIC, where no RAM is.
 const TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Which interrupt controllers KVM emulates in the kernel ([`Vm::create_irqchip`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IrqChip {
+    /// The PIC pair, the IOAPIC and every vCPU's LAPIC (`KVM_CREATE_IRQCHIP`).
+    Full,
+    /// The LAPICs only (`KVM_CAP_SPLIT_IRQCHIP`): the VMM emulates the IOAPIC (and PIC) itself, and
+    /// its IOAPIC has `ioapic_pins` routes that KVM reserves in the GSI routing table.
+    Split {
+        /// The number of IOAPIC pins (24 on a PC).
+        ioapic_pins: u32,
+    },
+}
 
 /// A VM with its in-kernel interrupt controllers, and the guest memory registered with it.
 #[derive(Debug)]
@@ -29,15 +43,6 @@ impl Vm {
     pub(crate) fn new(fd: VmFd, max_vcpus: usize, max_slots: usize) -> Result<Self> {
         fd.set_tss_address(TSS_ADDRESS)
             .map_err(Error::ioctl("KVM_SET_TSS_ADDR"))?;
-        fd.create_irq_chip()
-            .map_err(Error::ioctl("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config {
-            // The dummy speaker port (0x61) keeps the guest's PIT speaker checks away from userspace.
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        fd.create_pit2(pit)
-            .map_err(Error::ioctl("KVM_CREATE_PIT2"))?;
         Ok(Self {
             fd,
             max_vcpus,
@@ -45,6 +50,38 @@ impl Vm {
             memory: Arc::new(Mutex::new(Vec::new())),
             next_slot: 0,
         })
+    }
+
+    /// Creates the interrupt controllers KVM emulates in the kernel. Must come before the first vCPU.
+    pub fn create_irqchip(&self, chip: IrqChip) -> Result<()> {
+        match chip {
+            IrqChip::Full => self
+                .fd
+                .create_irq_chip()
+                .map_err(Error::ioctl("KVM_CREATE_IRQCHIP")),
+            IrqChip::Split { ioapic_pins } => {
+                let cap = kvm_bindings::kvm_enable_cap {
+                    cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP,
+                    args: [u64::from(ioapic_pins), 0, 0, 0],
+                    ..Default::default()
+                };
+                self.fd
+                    .enable_cap(&cap)
+                    .map_err(Error::ioctl("KVM_ENABLE_CAP(SPLIT_IRQCHIP)"))
+            }
+        }
+    }
+
+    /// Creates the in-kernel PIT (i8254), its speaker port a dummy. Needs [`IrqChip::Full`]'s PIC.
+    pub fn create_pit(&self) -> Result<()> {
+        let pit = kvm_pit_config {
+            // The dummy speaker port (0x61) keeps the guest's PIT speaker checks away from userspace.
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        self.fd
+            .create_pit2(pit)
+            .map_err(Error::ioctl("KVM_CREATE_PIT2"))
     }
 
     /// Registers every region of `memory` as a KVM memory slot. The VM keeps a handle on the mappings so
@@ -91,6 +128,20 @@ impl Vm {
         self.fd
             .register_ioevent(event, &kvm_ioctls::IoEventAddress::Mmio(addr), datamatch)
             .map_err(Error::ioctl("KVM_IOEVENTFD"))
+    }
+
+    /// Undoes [`Vm::register_ioeventfd`] (device removal).
+    pub fn unregister_ioeventfd(&self, event: &EventFd, addr: u64, datamatch: u32) -> Result<()> {
+        self.fd
+            .unregister_ioevent(event, &kvm_ioctls::IoEventAddress::Mmio(addr), datamatch)
+            .map_err(Error::ioctl("KVM_IOEVENTFD(deassign)"))
+    }
+
+    /// Undoes [`Vm::register_irqfd`] (device removal).
+    pub fn unregister_irqfd(&self, event: &EventFd, gsi: u32) -> Result<()> {
+        self.fd
+            .unregister_irqfd(event, gsi)
+            .map_err(Error::ioctl("KVM_IRQFD(deassign)"))
     }
 
     /// Sets interrupt line `gsi` to `level` (`KVM_IRQ_LINE`).

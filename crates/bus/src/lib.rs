@@ -7,7 +7,7 @@ pub use device::BusDevice;
 pub use range::BusRange;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// A device shared between the bus and whoever else drives it (an event loop, a stdin thread).
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
@@ -45,16 +45,19 @@ pub enum Access {
 
 /// An address space (port I/O or MMIO) mapping non-overlapping ranges to devices.
 ///
-/// Lookup is a `BTreeMap` range query: O(log n) in the number of devices.
-#[derive(Default, Clone)]
+/// Lookup is a `BTreeMap` range query: O(log n) in the number of devices. Devices can be inserted
+/// and removed while vCPU threads dispatch accesses through a shared `&Bus` (device hotplug): the
+/// map sits behind a read-write lock that an access holds only for the lookup, never while the
+/// device runs, so a device may itself change the bus.
+#[derive(Default)]
 pub struct Bus {
-    devices: BTreeMap<u64, (BusRange, SharedDevice)>,
+    devices: RwLock<BTreeMap<u64, (BusRange, SharedDevice)>>,
 }
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
-            .entries(self.devices.values().map(|(r, _)| r))
+            .entries(self.map().values().map(|(r, _)| *r))
             .finish()
     }
 }
@@ -65,12 +68,23 @@ impl Bus {
         Self::default()
     }
 
+    // A panic cannot leave the map half-changed (each change is one BTreeMap call), so a poisoned
+    // lock still guards a consistent map.
+    fn map(&self) -> RwLockReadGuard<'_, BTreeMap<u64, (BusRange, SharedDevice)>> {
+        self.devices.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn map_mut(&self) -> RwLockWriteGuard<'_, BTreeMap<u64, (BusRange, SharedDevice)>> {
+        self.devices.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Puts `device` at `[base, base + len)`. Fails if the range is empty, wraps, or overlaps a device
     /// already on the bus.
-    pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), Error> {
+    pub fn insert(&self, device: SharedDevice, base: u64, len: u64) -> Result<(), Error> {
         let new = BusRange::new(base, len).ok_or(Error::InvalidRange { base, len })?;
+        let mut devices = self.map_mut();
         // The only candidates for overlap are the last range starting at or before our end.
-        if let Some((_, (existing, _))) = self.devices.range(..=new.last()).next_back()
+        if let Some((_, (existing, _))) = devices.range(..=new.last()).next_back()
             && existing.overlaps(&new)
         {
             return Err(Error::Overlap {
@@ -78,36 +92,37 @@ impl Bus {
                 existing: *existing,
             });
         }
-        self.devices.insert(base, (new, device));
+        devices.insert(base, (new, device));
         Ok(())
     }
 
     /// Removes the device whose range starts at `base`, returning it.
-    pub fn remove(&mut self, base: u64) -> Option<SharedDevice> {
-        self.devices.remove(&base).map(|(_, d)| d)
+    pub fn remove(&self, base: u64) -> Option<SharedDevice> {
+        self.map_mut().remove(&base).map(|(_, d)| d)
     }
 
     /// Number of devices on the bus.
     pub fn len(&self) -> usize {
-        self.devices.len()
+        self.map().len()
     }
 
     /// True if no device is on the bus.
     pub fn is_empty(&self) -> bool {
-        self.devices.is_empty()
+        self.map().is_empty()
     }
 
     /// The device covering `addr`, with its range.
-    pub fn get(&self, addr: u64) -> Option<(BusRange, &SharedDevice)> {
-        let (_, (range, dev)) = self.devices.range(..=addr).next_back()?;
-        range.contains(addr).then_some((*range, dev))
+    pub fn get(&self, addr: u64) -> Option<(BusRange, SharedDevice)> {
+        let devices = self.map();
+        let (_, (range, dev)) = devices.range(..=addr).next_back()?;
+        range.contains(addr).then(|| (*range, dev.clone()))
     }
 
     /// Dispatches a read of `data.len()` bytes at `addr` to the device covering it.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> Access {
         match self.get(addr) {
             Some((range, dev)) => {
-                lock(dev).read(range.base(), addr - range.base(), data);
+                lock(&dev).read(range.base(), addr - range.base(), data);
                 Access::Handled
             }
             None => {
@@ -121,7 +136,7 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> Access {
         match self.get(addr) {
             Some((range, dev)) => {
-                lock(dev).write(range.base(), addr - range.base(), data);
+                lock(&dev).write(range.base(), addr - range.base(), data);
                 Access::Handled
             }
             None => Access::Unclaimed,

@@ -21,7 +21,7 @@ fn probe() -> Arc<Mutex<Probe>> {
 
 #[test]
 fn lookup_hits_first_and_last_address_only() {
-    let mut bus = Bus::new();
+    let bus = Bus::new();
     bus.insert(probe(), 0x3f8, 8).unwrap();
     assert!(bus.get(0x3f7).is_none());
     assert_eq!(bus.get(0x3f8).unwrap().0, BusRange::new(0x3f8, 8).unwrap());
@@ -31,7 +31,7 @@ fn lookup_hits_first_and_last_address_only() {
 
 #[test]
 fn read_passes_offset_and_unclaimed_reads_all_ones() {
-    let mut bus = Bus::new();
+    let bus = Bus::new();
     bus.insert(probe(), 0x1000, 0x10).unwrap();
     let mut data = [0u8; 2];
     assert_eq!(bus.read(0x1005, &mut data), Access::Handled);
@@ -42,7 +42,7 @@ fn read_passes_offset_and_unclaimed_reads_all_ones() {
 
 #[test]
 fn write_reaches_device_with_base_and_offset() {
-    let mut bus = Bus::new();
+    let bus = Bus::new();
     let p = probe();
     bus.insert(p.clone(), 0x60, 1).unwrap();
     bus.insert(probe(), 0x64, 1).unwrap();
@@ -53,7 +53,7 @@ fn write_reaches_device_with_base_and_offset() {
 
 #[test]
 fn overlaps_are_rejected_on_either_side_and_inside() {
-    let mut bus = Bus::new();
+    let bus = Bus::new();
     bus.insert(probe(), 0x100, 0x10).unwrap();
     for (base, len) in [
         (0xf8, 0x9),
@@ -76,7 +76,7 @@ fn overlaps_are_rejected_on_either_side_and_inside() {
 
 #[test]
 fn empty_and_wrapping_ranges_are_rejected() {
-    let mut bus = Bus::new();
+    let bus = Bus::new();
     assert_eq!(
         bus.insert(probe(), 0x10, 0),
         Err(Error::InvalidRange { base: 0x10, len: 0 })
@@ -88,7 +88,7 @@ fn empty_and_wrapping_ranges_are_rejected() {
 
 #[test]
 fn remove_frees_the_range() {
-    let mut bus = Bus::new();
+    let bus = Bus::new();
     bus.insert(probe(), 0x100, 4).unwrap();
     assert!(bus.remove(0x100).is_some());
     assert!(bus.get(0x100).is_none());
@@ -97,7 +97,7 @@ fn remove_frees_the_range() {
 
 #[test]
 fn poisoned_device_still_answers() {
-    let mut bus = Bus::new();
+    let bus = Bus::new();
     let p = probe();
     bus.insert(p.clone(), 0, 4).unwrap();
     let p2 = p.clone();
@@ -107,4 +107,51 @@ fn poisoned_device_still_answers() {
     })
     .join();
     assert_eq!(bus.write(1, &[1]), Access::Handled);
+}
+
+#[test]
+fn devices_come_and_go_while_another_thread_dispatches() {
+    let bus = Arc::new(Bus::new());
+    let first = probe();
+    bus.insert(first.clone(), 0x10, 1).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (b, s) = (bus.clone(), stop.clone());
+    let vcpu = std::thread::spawn(move || {
+        let mut writes = 0u64;
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            assert_eq!(b.write(0x10, &[1]), Access::Handled);
+            writes += 1;
+        }
+        writes
+    });
+    // Hot-plug and unplug a second device meanwhile; the first never stops answering.
+    for _ in 0..1000 {
+        bus.insert(probe(), 0x20, 4).unwrap();
+        let mut data = [0u8; 1];
+        assert_eq!(bus.read(0x22, &mut data), Access::Handled);
+        assert_eq!(data, [2]);
+        assert!(bus.remove(0x20).is_some());
+        assert_eq!(bus.read(0x22, &mut data), Access::Unclaimed);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = vcpu.join().unwrap();
+    assert_eq!(first.lock().unwrap().writes.len() as u64, writes);
+}
+
+/// A device that, when written, puts another device on the bus it sits on.
+struct Plugger(Arc<Bus>);
+
+impl BusDevice for Plugger {
+    fn write(&mut self, _base: u64, _offset: u64, data: &[u8]) {
+        self.0.insert(probe(), u64::from(data[0]), 1).unwrap();
+    }
+}
+
+#[test]
+fn a_device_may_change_its_own_bus_from_its_handler() {
+    let bus = Arc::new(Bus::new());
+    bus.insert(Arc::new(Mutex::new(Plugger(bus.clone()))), 0, 1)
+        .unwrap();
+    assert_eq!(bus.write(0, &[0x40]), Access::Handled);
+    assert!(bus.get(0x40).is_some());
 }

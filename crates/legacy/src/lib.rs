@@ -3,6 +3,7 @@
 mod boot_timer;
 mod date;
 mod i8042;
+mod ospm;
 pub mod power;
 mod rtc;
 mod serial;
@@ -10,6 +11,7 @@ mod serial;
 pub use boot_timer::BootTimer;
 pub use date::{CivilTime, civil_from_unix};
 pub use i8042::I8042;
+pub use ospm::OspmProbe;
 pub use power::PowerRegisters;
 pub use rtc::Rtc;
 pub use serial::{EventFdTrigger, Serial};
@@ -40,6 +42,11 @@ pub const CMOS: PortRange = PortRange { base: 0x70, len: 2 };
 pub const ACPI_POWER: PortRange = PortRange {
     base: 0x600,
     len: 3,
+};
+/// The OSPM presence port ([`OspmProbe`]), next to the power registers.
+pub const OSPM_PROBE: PortRange = PortRange {
+    base: 0x603,
+    len: 1,
 };
 /// The boot timer's port ([`BootTimer`]).
 pub const BOOT_TIMER: PortRange = PortRange {

@@ -1,5 +1,9 @@
 #![doc = include_str!("../README.md")]
 
 pub mod block;
+pub mod net;
+pub mod rng;
 
 pub use block::{Block, BlockConfig};
+pub use net::{Net, NetConfig};
+pub use rng::{Rng, RngConfig};

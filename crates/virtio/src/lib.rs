@@ -1,12 +1,20 @@
 #![doc = include_str!("../README.md")]
 
+pub mod alias;
 pub mod device;
 pub mod interrupt;
 pub mod mmio;
+pub mod queue;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
+pub mod worker;
 
+pub use alias::MmioAlias;
 pub use device::{ActivateError, Activation, ActiveQueue, VirtioDevice};
 pub use interrupt::Interrupt;
 pub use mmio::MmioTransport;
+pub use queue::{ChainHandler, QueueHandler, drain, start_worker};
+pub use worker::{QueueError, Worker};
 
 /// Re-exported so device crates and the VMM agree on the queue type.
 pub use virtio_queue;

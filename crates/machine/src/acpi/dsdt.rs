@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! Scope (\_SB) {
+//!     OperationRegion (KVMK, SystemIO, port, 1)  Field (KVMK) { OSPM, 8 }   // with an OSPM probe port
+//!     Method (_INI) { OSPM = One }                                          // run by OSPM at ACPI init
 //!     Device (COM1) { _HID PNP0501, _UID 0, _CRS { IO 0x3f8/8, IRQ 4 } }
 //!     Device (PS2_) { _HID PNP0303, _CRS { IO 0x60/1, IO 0x64/1 } }
 //!     Device (RTC_) { _HID PNP0B00, _CRS { IO 0x70/2 } }
@@ -12,11 +14,16 @@
 //!
 //! `LNRO0005` is the ACPI id Linux's virtio-mmio driver matches, so a kernel finds the virtio devices
 //! without `virtio_mmio.device=` on its command line.
+//!
+//! With an OSPM probe port, `\_SB._INI` writes 1 to it: ACPICA runs `\_SB._INI` while it initializes
+//! the namespace, before it enumerates any device, so the VMM learns that the guest takes its devices
+//! from these tables (and can then hide the command-line descriptions of the same devices).
 
 use acpi_tables::Aml;
 use acpi_tables::aml::{
-    self, Device, EISAName, IO, Interrupt, Memory32Fixed, Name, Package, Path, ResourceTemplate,
-    Scope,
+    self, Device, EISAName, Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, IO,
+    Interrupt, Memory32Fixed, Method, Name, OpRegion, OpRegionSpace, Package, Path,
+    ResourceTemplate, Scope, Store,
 };
 use acpi_tables::sdt::Sdt;
 
@@ -29,16 +36,21 @@ const VIRTIO_MMIO_HID: &str = "LNRO0005";
 /// The most virtio-mmio devices the `Vxxx` names can tell apart.
 pub const MAX_VIRTIO_MMIO: usize = 0x1000;
 
-/// The DSDT for `isa` and `virtio_mmio` devices, with `\_S5` giving `s5_sleep_type`.
+/// The DSDT for `isa` and `virtio_mmio` devices, with `\_S5` giving `s5_sleep_type` and, with
+/// `ospm_probe`, a `\_SB._INI` that writes 1 to that port.
 pub fn build(
     isa: &[IsaDevice],
     virtio_mmio: &[MmioDevice],
     s5_sleep_type: u8,
+    ospm_probe: Option<u16>,
 ) -> Result<Vec<u8>, Error> {
     if virtio_mmio.len() > MAX_VIRTIO_MMIO {
         return Err(Error::TooManyDevices(virtio_mmio.len()));
     }
     let mut devices = Vec::new();
+    if let Some(port) = ospm_probe {
+        ospm_probe_method(port, &mut devices);
+    }
     let mut serial_ports = 0u8;
     for dev in isa {
         let (name, uid) = match dev.kind {
@@ -75,6 +87,29 @@ pub fn build(
     .to_aml_bytes(&mut s5);
     dsdt.append_slice(&s5);
     Ok(dsdt.as_slice().to_vec())
+}
+
+/// Appends the one-byte `KVMK` port region and a `_INI` method (of the enclosing `\_SB` scope) that
+/// writes 1 to it, to `out`.
+fn ospm_probe_method(port: u16, out: &mut Vec<u8>) {
+    let (offset, length) = (u64::from(port), 1u64);
+    OpRegion::new(Path::new("KVMK"), OpRegionSpace::SystemIO, &offset, &length).to_aml_bytes(out);
+    Field::new(
+        Path::new("KVMK"),
+        FieldAccessType::Byte,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::Preserve,
+        vec![FieldEntry::Named(*b"OSPM", 8)],
+    )
+    .to_aml_bytes(out);
+    let ospm = Path::new("OSPM");
+    Method::new(
+        Path::new("_INI"),
+        0,
+        false,
+        vec![&Store::new(&ospm, &aml::ONE)],
+    )
+    .to_aml_bytes(out);
 }
 
 /// Appends `Device (name) { _HID, _UID, _CRS }` for a legacy ISA device to `out`.
@@ -136,7 +171,7 @@ mod tests {
 
     #[test]
     fn table_header_length_and_checksum_are_right() {
-        let t = build(&[serial()], &[], 5).unwrap();
+        let t = build(&[serial()], &[], 5, None).unwrap();
         assert_eq!(&t[..4], b"DSDT");
         assert_eq!(
             u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize,
@@ -147,7 +182,7 @@ mod tests {
 
     #[test]
     fn serial_port_has_its_id_ports_and_irq() {
-        let t = build(&[serial()], &[], 5).unwrap();
+        let t = build(&[serial()], &[], 5, None).unwrap();
         assert!(contains(&t, b"COM1"));
         // EISA id PNP0501, compressed: 0x41d0_0501.
         assert!(contains(&t, &[0x0c, 0x41, 0xd0, 0x05, 0x01]));
@@ -174,7 +209,7 @@ mod tests {
                 irq: 6,
             },
         ];
-        let t = build(&[], &devs, 5).unwrap();
+        let t = build(&[], &devs, 5, None).unwrap();
         assert!(contains(&t, b"V000") && contains(&t, b"V001"));
         assert!(contains(&t, b"LNRO0005\0"));
         // Memory32Fixed: read-write, base 0xd0001000, length 0x1000.
@@ -189,7 +224,7 @@ mod tests {
 
     #[test]
     fn s5_package_carries_the_sleep_type() {
-        let t = build(&[], &[], 5).unwrap();
+        let t = build(&[], &[], 5, None).unwrap();
         // NameOp '\' "_S5_" PackageOp len=4 count=1 BytePrefix 5
         assert!(contains(
             &t,
@@ -200,22 +235,44 @@ mod tests {
     }
 
     #[test]
+    fn the_ospm_probe_writes_one_to_its_port_from_sb_ini() {
+        let t = build(&[], &[], 5, Some(0x603)).unwrap();
+        // OperationRegion (KVMK, SystemIO, 0x603, One): ExtOp RegionOp "KVMK" space 1, WordConst.
+        assert!(contains(
+            &t,
+            &[0x5b, 0x80, b'K', b'V', b'M', b'K', 0x01, 0x0b, 0x03, 0x06]
+        ));
+        // Field (KVMK, ByteAcc, NoLock, Preserve) { OSPM, 8 }
+        assert!(contains(&t, b"OSPM") && contains(&t, &[0x5b, 0x81]));
+        // Method (_INI, 0) { Store (One, OSPM) }: StoreOp One "OSPM".
+        assert!(contains(&t, b"_INI"));
+        assert!(contains(&t, &[0x70, 0x01, b'O', b'S', b'P', b'M']));
+        assert!(!contains(&build(&[], &[], 5, None).unwrap(), b"_INI"));
+    }
+
+    #[test]
     fn devices_that_do_not_fit_are_errors_not_panics() {
         let high = MmioDevice {
             base: 0x1_0000_0000,
             size: 0x1000,
             irq: 5,
         };
-        assert!(matches!(build(&[], &[high], 5), Err(Error::MmioAbove4G(_))));
+        assert!(matches!(
+            build(&[], &[high], 5, None),
+            Err(Error::MmioAbove4G(_))
+        ));
         let wrap = MmioDevice {
             base: 0xffff_f000,
             size: 0x2000,
             irq: 5,
         };
-        assert!(matches!(build(&[], &[wrap], 5), Err(Error::MmioAbove4G(_))));
+        assert!(matches!(
+            build(&[], &[wrap], 5, None),
+            Err(Error::MmioAbove4G(_))
+        ));
         let many: Vec<IsaDevice> = (0..10).map(|_| serial()).collect();
         assert!(matches!(
-            build(&many, &[], 5),
+            build(&many, &[], 5, None),
             Err(Error::TooManyDevices(10))
         ));
     }

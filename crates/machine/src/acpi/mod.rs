@@ -131,12 +131,21 @@ pub struct AcpiConfig {
     pub virtio_mmio: Vec<MmioDevice>,
     /// The power registers.
     pub power: PowerPorts,
+    /// A port the DSDT's `\_SB._INI` method writes 1 to, so that the VMM learns the guest's ACPI
+    /// interpreter reads these tables (before it enumerates their devices); `None` for no such
+    /// method.
+    pub ospm_probe: Option<u16>,
 }
 
 /// Builds the tables for `config`, writes them to guest memory at [`ACPI_START`], and returns the
 /// RSDP's address.
 pub fn write(mem: &GuestMemoryMmap, config: &AcpiConfig) -> Result<u64, Error> {
-    let dsdt = dsdt::build(&config.isa, &config.virtio_mmio, config.power.s5_sleep_type)?;
+    let dsdt = dsdt::build(
+        &config.isa,
+        &config.virtio_mmio,
+        config.power.s5_sleep_type,
+        config.ospm_probe,
+    )?;
     let madt = madt::build(config.cpus)?;
 
     // RSDP first (where a scan finds it), then the tables, each aligned.
@@ -230,6 +239,7 @@ mod tests {
                 reset_value: 1,
                 s5_sleep_type: 5,
             },
+            ospm_probe: None,
         }
     }
 

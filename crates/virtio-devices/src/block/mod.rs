@@ -3,21 +3,22 @@
 //! Reads, writes, flush (`fdatasync`), get-id (the serial), discard and write-zeroes; capacity from the
 //! file size; read-only disks (the image opened `O_RDONLY`, `VIRTIO_BLK_F_RO` offered, any write
 //! answered `VIRTIO_BLK_S_IOERR`); event-index notification suppression; indirect descriptors. Requests
-//! are handled on a worker thread per device ([`worker`]), never on a vCPU thread.
+//! are handled on the device's [`virtio::Worker`] thread ([`Requests`] under a
+//! [`virtio::QueueHandler`]), never on a vCPU thread.
 
 pub mod disk;
 pub mod execute;
+mod handler;
 pub mod request;
-mod worker;
 
-pub use worker::Handler;
+pub use handler::Requests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use virtio::{
     ActivateError, Activation, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice,
+    VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, Worker,
 };
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
@@ -52,7 +53,7 @@ pub struct Block {
     serial: Vec<u8>,
     features: u64,
     config: [u8; CONFIG_SIZE],
-    worker: Option<worker::Worker>,
+    worker: Option<Worker>,
 }
 
 impl std::fmt::Debug for Block {
@@ -141,22 +142,8 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        let queue = a
-            .queues
-            .into_iter()
-            .find(|q| q.index == 0)
-            .ok_or(ActivateError::QueueNotReady(0))?;
-        self.worker = Some(
-            worker::Worker::spawn(Handler::new(
-                &self.name,
-                a.mem,
-                queue,
-                a.interrupt,
-                self.disk.clone(),
-                self.serial.clone(),
-            ))
-            .map_err(ActivateError::Worker)?,
-        );
+        let requests = Requests::new(&self.name, self.disk.clone(), self.serial.clone());
+        self.worker = Some(virtio::start_worker(&self.name, a, requests)?);
         Ok(())
     }
 

@@ -1,6 +1,12 @@
-//! What the user asked for, validated: the VM's configuration, independent of how it was given.
+//! What the user asked for, validated: the VM's configuration, independent of how it was given
+//! (the command line today). Each device kind has one configuration type, the device model's own
+//! (`virtio_devices::BlockConfig`, `NetConfig`, `RngConfig`); [`devices`] parses them.
+
+pub mod devices;
 
 use std::path::PathBuf;
+
+pub use devices::DevicesConfig;
 
 /// The default kernel command line: a serial console and a reboot through the i8042.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
@@ -24,6 +30,15 @@ pub enum Error {
     /// A `--disk` value that does not parse.
     #[error("invalid --disk '{0}': {1}; expected path=FILE[,readonly=on|off][,serial=ID]")]
     Disk(String, &'static str),
+    /// A `--net` value that does not parse.
+    #[error("invalid --net '{0}': {1}; expected tap=NAME[,mac=AA:BB:CC:DD:EE:FF][,id=ID]")]
+    Net(String, String),
+    /// Two network devices with the same id or tap.
+    #[error("--net: {0} '{1}' is given twice")]
+    NetTwice(&'static str, String),
+    /// A `--rng` value that is not on or off.
+    #[error("invalid --rng '{0}': expected on or off")]
+    Rng(String),
     /// Guest memory larger than the host's.
     #[error("guest memory {req} MiB is more than the host's {host} MiB", req = .0 >> 20, host = .1 >> 20)]
     MoreThanHost(u64, u64),
@@ -55,82 +70,52 @@ impl std::str::FromStr for SerialMode {
     }
 }
 
-/// A virtio-blk disk: `path=FILE[,readonly=on|off][,serial=ID]`.
+/// The machine itself: memory, vCPUs, firmware tables, and how kvmkit runs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiskConfig {
-    /// The raw image file.
-    pub path: PathBuf,
-    /// Open it read-only; the guest's writes fail.
-    pub read_only: bool,
-    /// The serial the guest sees (at most 20 bytes).
-    pub serial: Option<String>,
+pub struct MachineConfig {
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// Whether the guest gets ACPI tables (and with them an ACPI power-off) besides the MP table.
+    pub acpi: bool,
+    /// When to finish instructions a software KVM backend cannot run.
+    pub instruction_assist: crate::software_kvm::AssistMode,
 }
 
-/// The longest disk serial virtio-blk can carry.
-pub const MAX_SERIAL_LEN: usize = 20;
-
-impl std::str::FromStr for DiskConfig {
-    type Err = Error;
-
-    /// ```
-    /// use kvmkit::config::DiskConfig;
-    /// let d: DiskConfig = "path=/img/root.ext4,readonly=on,serial=root".parse().unwrap();
-    /// assert_eq!((d.path.to_str(), d.read_only, d.serial.as_deref()), (Some("/img/root.ext4"), true, Some("root")));
-    /// assert!("readonly=on".parse::<DiskConfig>().is_err());
-    /// ```
-    fn from_str(s: &str) -> Result<Self, Error> {
-        let err = |why| Error::Disk(s.to_owned(), why);
-        let (mut path, mut read_only, mut serial) = (None, false, None);
-        for item in s.split(',') {
-            let (key, value) = item
-                .split_once('=')
-                .ok_or_else(|| err("each item is key=value"))?;
-            match key {
-                "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
-                "path" => return Err(err("empty path")),
-                "readonly" | "ro" => {
-                    read_only = match value {
-                        "on" | "true" => true,
-                        "off" | "false" => false,
-                        _ => return Err(err("readonly is on or off")),
-                    }
-                }
-                "serial" if value.len() <= MAX_SERIAL_LEN && value.is_ascii() => {
-                    serial = Some(value.to_owned())
-                }
-                "serial" => return Err(err("serial is at most 20 ASCII characters")),
-                _ => return Err(err("unknown key")),
-            }
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            memory: DEFAULT_MEMORY,
+            cpus: 1,
+            acpi: true,
+            instruction_assist: Default::default(),
         }
-        Ok(Self {
-            path: path.ok_or_else(|| err("path= is missing"))?,
-            read_only,
-            serial,
-        })
     }
 }
 
-/// A VM to boot.
+/// What to boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmConfig {
+pub struct BootConfig {
     /// Kernel image: ELF vmlinux or bzImage.
     pub kernel: PathBuf,
     /// Optional initramfs.
     pub initramfs: Option<PathBuf>,
     /// Kernel command line.
     pub cmdline: String,
-    /// Guest RAM in bytes.
-    pub memory: u64,
-    /// Number of vCPUs.
-    pub cpus: u32,
+}
+
+/// A VM to boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// The kernel, initramfs and command line.
+    pub boot: BootConfig,
+    /// Memory, vCPUs, ACPI, instruction assist.
+    pub machine: MachineConfig,
+    /// The virtio devices.
+    pub devices: DevicesConfig,
     /// Serial console.
     pub serial: SerialMode,
-    /// Whether the guest gets ACPI tables (and with them an ACPI power-off) besides the MP table.
-    pub acpi: bool,
-    /// When to finish instructions a software KVM backend cannot run.
-    pub instruction_assist: crate::software_kvm::AssistMode,
-    /// virtio-blk disks, in order (the guest sees vda, vdb, ...).
-    pub disks: Vec<DiskConfig>,
     /// Print the boot timeline on stderr at exit, in this format.
     pub boot_timeline: Option<crate::timeline::Format>,
 }
@@ -197,26 +182,5 @@ mod tests {
         );
         assert!("file=".parse::<SerialMode>().is_err());
         assert!("tcp".parse::<SerialMode>().is_err());
-    }
-
-    #[test]
-    fn disks() {
-        let d: DiskConfig = "path=a.img".parse().unwrap();
-        assert_eq!((d.read_only, d.serial), (false, None));
-        for bad in [
-            "",
-            "a.img",
-            "path=",
-            "path=a,readonly=maybe",
-            "path=a,serial=123456789012345678901",
-            "path=a,color=red",
-            "serial=x",
-        ] {
-            let e = bad.parse::<DiskConfig>().unwrap_err().to_string();
-            assert!(
-                e.starts_with("invalid --disk") && !e.contains('\n'),
-                "{bad}: {e}"
-            );
-        }
     }
 }

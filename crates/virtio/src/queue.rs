@@ -1,0 +1,159 @@
+//! The request loop of a device with one queue whose every descriptor chain is answered on its own
+//! (block, rng): the device supplies a [`ChainHandler`], and [`QueueHandler`] does the rest.
+//!
+//! On each notification it takes every available chain, hands it to the handler, puts it in the used
+//! ring with the length the handler wrote, and interrupts the driver if the driver asked for it
+//! (event-index aware: with `VIRTIO_RING_F_EVENT_IDX` it keeps going while chains arrive as it works).
+//! A head index outside the descriptor table is dropped with a log line (there is no used-ring id to
+//! give back); a broken queue (a lying available index) shows DEVICE_NEEDS_RESET.
+
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use crate::{ActiveQueue, Interrupt, QueueError, Worker};
+
+/// What a device does with one descriptor chain.
+pub trait ChainHandler: Send {
+    /// Answers the request in `chain` (buffers in `mem`); returns how many bytes it wrote into the
+    /// chain's device-writable buffers (the used length).
+    fn handle(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32;
+}
+
+/// One queue and the handler of its chains: the event subscriber a device's [`Worker`](crate::Worker)
+/// runs, or a loop a benchmark drives by hand with [`QueueHandler::process_queue`].
+pub struct QueueHandler<H> {
+    name: String,
+    mem: GuestMemoryMmap,
+    queue: ActiveQueue,
+    interrupt: Arc<Interrupt>,
+    handler: H,
+}
+
+impl<H> std::fmt::Debug for QueueHandler<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueHandler")
+            .field("name", &self.name)
+            .field("queue", &self.queue.index)
+            .finish()
+    }
+}
+
+impl<H: ChainHandler> QueueHandler<H> {
+    /// `handler` answering `queue`'s chains in `mem`; `name` prefixes log lines.
+    pub fn new(
+        name: &str,
+        mem: GuestMemoryMmap,
+        queue: ActiveQueue,
+        interrupt: Arc<Interrupt>,
+        handler: H,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            mem,
+            queue,
+            interrupt,
+            handler,
+        }
+    }
+
+    /// Takes every available chain, answers each, and interrupts the guest if it wants that.
+    /// An error means the queue itself is broken (the device needs a reset).
+    pub fn process_queue(&mut self) -> Result<(), virtio_queue::Error> {
+        drain(
+            &self.name,
+            &self.mem,
+            &mut self.queue.queue,
+            &self.interrupt,
+            &mut self.handler,
+        )
+    }
+}
+
+/// Takes every available chain of `queue`, has `handler` answer each, puts it in the used ring and
+/// interrupts the driver through `interrupt` if it wants that: what a notification of a queue whose
+/// chains are answered one by one calls for. An error means the queue itself is broken (the device
+/// needs a reset); `name` prefixes log lines.
+pub fn drain<H: ChainHandler + ?Sized>(
+    name: &str,
+    mem: &GuestMemoryMmap,
+    queue: &mut Queue,
+    interrupt: &Interrupt,
+    handler: &mut H,
+) -> Result<(), virtio_queue::Error> {
+    let event_idx = queue.event_idx_enabled();
+    let mut used_any = false;
+    loop {
+        if event_idx {
+            queue.disable_notification(mem)?;
+        }
+        let chains: Vec<DescriptorChain<&GuestMemoryMmap>> = queue.iter(mem)?.collect();
+        let size = queue.size();
+        for chain in chains {
+            let head = chain.head_index();
+            if head >= size {
+                log::warn!("{name}: available ring names descriptor {head} of {size}; dropped");
+                continue;
+            }
+            let len = handler.handle(mem, chain);
+            queue.add_used(mem, head, len)?;
+            used_any = true;
+        }
+        // With event-index, re-enabling notifications reports chains that arrived meanwhile.
+        if !event_idx || !queue.enable_notification(mem)? {
+            break;
+        }
+    }
+    if used_any && queue.needs_notification(mem)? {
+        interrupt.signal_used_queue();
+    }
+    Ok(())
+}
+
+impl<H: ChainHandler> MutEventSubscriber for QueueHandler<H> {
+    fn process(&mut self, _events: Events, ops: &mut EventOps<'_>) {
+        let _ = self.queue.kick.read();
+        if let Err(source) = self.process_queue() {
+            QueueError {
+                queue: self.queue.index,
+                source,
+            }
+            .report(&self.name, &self.interrupt, &self.queue.kick, ops);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps<'_>) {
+        if let Err(e) = ops.add(Events::new(&self.queue.kick, EventSet::IN)) {
+            log::error!(
+                "{}: cannot watch queue {}: {e}; the device needs a reset",
+                self.name,
+                self.queue.index
+            );
+            self.interrupt.signal_needs_reset();
+        }
+    }
+}
+
+/// Starts a one-queue device: `handler` answering queue 0 of `activation` on a new [`Worker`]
+/// named `name` (what a one-queue device's [`VirtioDevice::activate`](crate::VirtioDevice::activate)
+/// does).
+pub fn start_worker<H: ChainHandler + 'static>(
+    name: &str,
+    activation: crate::Activation,
+    handler: H,
+) -> Result<Worker, crate::ActivateError> {
+    let crate::Activation {
+        mem,
+        queues,
+        interrupt,
+        ..
+    } = activation;
+    let queue = queues
+        .into_iter()
+        .find(|q| q.index == 0)
+        .ok_or(crate::ActivateError::QueueNotReady(0))?;
+    let subscriber = QueueHandler::new(name, mem, queue, interrupt.clone(), handler);
+    Worker::spawn(name, subscriber, interrupt).map_err(crate::ActivateError::Worker)
+}

@@ -1,0 +1,184 @@
+//! The VM's devices as the user asked for them: `--disk`, `--net` and `--rng` values parsed into the
+//! device models' own configuration types (one per kind; no copies of their fields here).
+
+use std::path::PathBuf;
+
+use virtio_devices::net::MacAddr;
+use virtio_devices::{BlockConfig, NetConfig, RngConfig};
+
+use super::Error;
+
+/// The longest disk serial virtio-blk can carry.
+pub const MAX_SERIAL_LEN: usize = 20;
+
+/// The virtio devices of a VM, in the order the guest finds them: disks, network cards, the
+/// entropy source.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DevicesConfig {
+    /// virtio-blk disks (the guest sees vda, vdb, ...).
+    pub disks: Vec<BlockConfig>,
+    /// virtio-net cards on host taps (eth0, eth1, ...).
+    pub nets: Vec<NetConfig>,
+    /// The virtio-rng entropy source, if any.
+    pub rng: Option<RngConfig>,
+}
+
+impl DevicesConfig {
+    /// Fails if two network cards share an id or a tap.
+    pub fn validate(&self) -> Result<(), Error> {
+        for (i, a) in self.nets.iter().enumerate() {
+            for b in &self.nets[..i] {
+                if a.tap == b.tap {
+                    return Err(Error::NetTwice("tap", a.tap.clone()));
+                }
+                if a.id.is_some() && a.id == b.id {
+                    return Err(Error::NetTwice("id", a.id.clone().unwrap_or_default()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits `key=value,key=value`; `None` if an item has no `=`.
+fn items(s: &str) -> Option<Vec<(&str, &str)>> {
+    s.split(',').map(|item| item.split_once('=')).collect()
+}
+
+/// Parses `--disk path=FILE[,readonly=on|off][,serial=ID]`.
+///
+/// ```
+/// use kvmkit::config::devices::parse_disk;
+/// let d = parse_disk("path=/img/root.ext4,readonly=on,serial=root").unwrap();
+/// assert_eq!((d.path.to_str(), d.read_only, d.serial.as_deref()), (Some("/img/root.ext4"), true, Some("root")));
+/// assert!(parse_disk("readonly=on").is_err());
+/// ```
+pub fn parse_disk(s: &str) -> Result<BlockConfig, Error> {
+    let err = |why| Error::Disk(s.to_owned(), why);
+    let (mut path, mut read_only, mut serial) = (None, false, None);
+    for (key, value) in items(s).ok_or_else(|| err("each item is key=value"))? {
+        match key {
+            "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
+            "path" => return Err(err("empty path")),
+            "readonly" | "ro" => {
+                read_only = match value {
+                    "on" | "true" => true,
+                    "off" | "false" => false,
+                    _ => return Err(err("readonly is on or off")),
+                }
+            }
+            "serial" if value.len() <= MAX_SERIAL_LEN && value.is_ascii() => {
+                serial = Some(value.to_owned())
+            }
+            "serial" => return Err(err("serial is at most 20 ASCII characters")),
+            _ => return Err(err("unknown key")),
+        }
+    }
+    Ok(BlockConfig {
+        path: path.ok_or_else(|| err("path= is missing"))?,
+        read_only,
+        serial,
+    })
+}
+
+/// Parses `--net tap=NAME[,mac=AA:BB:CC:DD:EE:FF][,id=ID]` (Cloud Hypervisor's syntax).
+///
+/// ```
+/// use kvmkit::config::devices::parse_net;
+/// let n = parse_net("tap=tap0,mac=52:54:00:12:34:56,id=eth0").unwrap();
+/// assert_eq!((n.tap.as_str(), n.mac.unwrap().to_string().as_str(), n.id.as_deref()),
+///            ("tap0", "52:54:00:12:34:56", Some("eth0")));
+/// assert!(parse_net("tap=tap0,mac=01:00:5e:00:00:01").is_err()); // multicast
+/// ```
+pub fn parse_net(s: &str) -> Result<NetConfig, Error> {
+    let err = |why: &str| Error::Net(s.to_owned(), why.to_owned());
+    let (mut tap, mut mac, mut id) = (None, None, None);
+    for (key, value) in items(s).ok_or_else(|| err("each item is key=value"))? {
+        match key {
+            "tap" if !value.is_empty() => tap = Some(value.to_owned()),
+            "tap" => return Err(err("empty tap name")),
+            "mac" => mac = Some(value.parse::<MacAddr>().map_err(|e| err(&e.to_string()))?),
+            "id" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic()) => {
+                id = Some(value.to_owned())
+            }
+            "id" => return Err(err("id is printable ASCII without spaces")),
+            _ => return Err(err("unknown key")),
+        }
+    }
+    Ok(NetConfig {
+        tap: tap.ok_or_else(|| err("tap= is missing"))?,
+        mac,
+        id,
+    })
+}
+
+/// Parses `--rng on|off`: the entropy device with its defaults, or none.
+pub fn parse_rng(s: &str) -> Result<Option<RngConfig>, Error> {
+    match s {
+        "on" => Ok(Some(RngConfig::default())),
+        "off" => Ok(None),
+        _ => Err(Error::Rng(s.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disks() {
+        let d = parse_disk("path=a.img").unwrap();
+        assert_eq!((d.read_only, d.serial), (false, None));
+        for bad in [
+            "",
+            "a.img",
+            "path=",
+            "path=a,readonly=maybe",
+            "path=a,serial=123456789012345678901",
+            "path=a,color=red",
+            "serial=x",
+        ] {
+            let e = parse_disk(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with("invalid --disk") && !e.contains('\n'),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn nets() {
+        let n = parse_net("tap=tap0").unwrap();
+        assert_eq!((n.mac, n.id), (None, None));
+        for bad in [
+            "",
+            "tap0",
+            "tap=",
+            "tap=tap0,mac=52:54:00:12:34",
+            "tap=tap0,mac=ff:ff:ff:ff:ff:ff",
+            "tap=tap0,id=",
+            "tap=tap0,speed=10G",
+            "mac=52:54:00:12:34:56",
+        ] {
+            let e = parse_net(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with("invalid --net") && !e.contains('\n'),
+                "{bad}: {e}"
+            );
+        }
+        let twice = |a: &str, b: &str| DevicesConfig {
+            nets: vec![parse_net(a).unwrap(), parse_net(b).unwrap()],
+            ..Default::default()
+        };
+        assert!(twice("tap=a", "tap=b").validate().is_ok());
+        assert!(twice("tap=a", "tap=a").validate().is_err());
+        assert!(twice("tap=a,id=x", "tap=b,id=x").validate().is_err());
+    }
+
+    #[test]
+    fn rng() {
+        assert_eq!(parse_rng("on").unwrap(), Some(RngConfig::default()));
+        assert_eq!(parse_rng("off").unwrap(), None);
+        assert!(parse_rng("maybe").is_err());
+    }
+}

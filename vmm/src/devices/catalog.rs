@@ -1,0 +1,56 @@
+//! Every kind of virtio device kvmkit can give a guest, made from its configuration: one line per
+//! kind (docs/architecture.md, "Adding a device"). The order is the order the guest finds them in:
+//! disks (vda, vdb...), network cards (eth0...), the entropy source.
+
+use virtio_devices::{Block, Net, Rng};
+use vm_memory::GuestMemoryMmap;
+
+use super::{DeviceManager, Error};
+use crate::config::DevicesConfig;
+
+/// The guest's name for disk `i`: vda, vdb, ..., vdz, vdaa, ...
+pub fn disk_name(i: usize) -> String {
+    let mut name = String::new();
+    let mut n = i;
+    loop {
+        name.insert(0, char::from(b'a' + (n % 26) as u8));
+        if n < 26 {
+            break;
+        }
+        n = n / 26 - 1;
+    }
+    format!("vd{name}")
+}
+
+/// Makes and places the virtio devices `config` asks for.
+pub fn add_configured(
+    dm: &mut DeviceManager,
+    vm: &accel::Vm,
+    mem: &GuestMemoryMmap,
+    config: &DevicesConfig,
+) -> Result<(), Error> {
+    for (i, disk) in config.disks.iter().enumerate() {
+        let name = disk_name(i);
+        dm.add_virtio(vm, mem, &name, Box::new(Block::new(&name, disk)?))?;
+    }
+    for (i, net) in config.nets.iter().enumerate() {
+        let name = net.id.clone().unwrap_or_else(|| format!("net{i}"));
+        dm.add_virtio(vm, mem, &name, Box::new(Net::new(&name, net)?))?;
+    }
+    if let Some(rng) = &config.rng {
+        dm.add_virtio(vm, mem, "rng0", Box::new(Rng::new("rng0", rng)))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn disk_names_go_on_past_z() {
+        let names: Vec<String> = [0, 1, 25, 26, 27, 701, 702].map(super::disk_name).to_vec();
+        assert_eq!(
+            names,
+            ["vda", "vdb", "vdz", "vdaa", "vdab", "vdzz", "vdaaa"]
+        );
+    }
+}

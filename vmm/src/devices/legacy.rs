@@ -1,0 +1,113 @@
+//! The legacy PC devices on the port bus: COM1 (its interrupt an irqfd), the i8042 (its reset line
+//! an eventfd), the CMOS RTC, the boot-timer port, and with ACPI the power registers and the OSPM
+//! probe. Each is described to the DSDT as it is placed.
+
+use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use accel::EventFd;
+use bus::SharedDevice;
+use legacy::{
+    ACPI_POWER, BOOT_TIMER, BootTimer, CMOS, COM1, COM1_IRQ, I8042, I8042_COMMAND, I8042_DATA,
+    OSPM_PROBE, OspmProbe, PortRange, PowerRegisters, Rtc, Serial,
+};
+use machine::acpi::{IsaDevice, IsaKind, PowerPorts};
+use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+use super::{DeviceManager, Error};
+use crate::console::ConsoleOutput;
+use crate::timeline::{Event, Timeline};
+
+/// What the rest of the VMM needs of the legacy devices.
+#[derive(Debug)]
+pub struct Legacy {
+    /// The UART, to feed it console input.
+    pub serial: Arc<Mutex<Serial>>,
+    /// Written when the guest resets the machine (i8042 or ACPI reset register).
+    pub reset: EventFd,
+    /// Written when the guest powers off (ACPI S5).
+    pub power_off: EventFd,
+    /// Set once the guest's console shows a kernel panic.
+    pub panicked: Arc<AtomicBool>,
+}
+
+fn eventfd() -> Result<EventFd, Error> {
+    EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)
+}
+
+fn ports(r: PortRange) -> (u16, u8) {
+    (r.base, r.len as u8)
+}
+
+/// Places the legacy devices; the UART writes guest output to `console` (watched for the timeline
+/// and for kernel panics).
+pub fn place(
+    dm: &mut DeviceManager,
+    vm: &accel::Vm,
+    console: Box<dyn Write + Send>,
+    timeline: &Arc<Timeline>,
+) -> Result<Legacy, Error> {
+    let panicked = Arc::new(AtomicBool::new(false));
+    let serial_irq = eventfd()?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)?;
+    let out = ConsoleOutput::new(console, panicked.clone(), timeline.clone());
+    let serial = Arc::new(Mutex::new(Serial::new(serial_irq, Box::new(out))));
+    dm.add_port(
+        serial.clone(),
+        COM1,
+        Some(IsaDevice {
+            kind: IsaKind::Serial,
+            ports: vec![ports(COM1)],
+            irq: Some(COM1_IRQ),
+        }),
+    )?;
+
+    let reset = eventfd()?;
+    let clone = |e: &EventFd| e.try_clone().map_err(Error::EventFd);
+    let i8042: SharedDevice = Arc::new(Mutex::new(I8042::new(clone(&reset)?)));
+    dm.add_port(
+        i8042.clone(),
+        I8042_DATA,
+        Some(IsaDevice {
+            kind: IsaKind::Keyboard,
+            ports: vec![ports(I8042_DATA), ports(I8042_COMMAND)],
+            irq: None,
+        }),
+    )?;
+    dm.add_port(i8042, I8042_COMMAND, None)?;
+    dm.add_port(
+        Arc::new(Mutex::new(Rtc::new())),
+        CMOS,
+        Some(IsaDevice {
+            kind: IsaKind::Rtc,
+            ports: vec![ports(CMOS)],
+            irq: None,
+        }),
+    )?;
+    let marks = timeline.clone();
+    let boot_timer = BootTimer::new(Box::new(move |_| marks.mark(Event::GuestMarker)));
+    dm.add_port(Arc::new(Mutex::new(boot_timer)), BOOT_TIMER, None)?;
+
+    let power_off = eventfd()?;
+    if dm.acpi {
+        let power = PowerRegisters::new(clone(&power_off)?, clone(&reset)?);
+        dm.add_port(Arc::new(Mutex::new(power)), ACPI_POWER, None)?;
+        dm.power = Some(PowerPorts {
+            sleep_control: ACPI_POWER.base + legacy::power::SLEEP_CONTROL,
+            sleep_status: ACPI_POWER.base + legacy::power::SLEEP_STATUS,
+            reset: ACPI_POWER.base + legacy::power::RESET,
+            reset_value: legacy::power::RESET_VALUE,
+            s5_sleep_type: legacy::power::S5_SLEEP_TYPE,
+        });
+        let probe = OspmProbe::with_flag(dm.ospm_seen.clone());
+        dm.add_port(Arc::new(Mutex::new(probe)), OSPM_PROBE, None)?;
+        dm.ospm_probe = Some(OSPM_PROBE.base);
+    }
+    Ok(Legacy {
+        serial,
+        reset,
+        power_off,
+        panicked,
+    })
+}

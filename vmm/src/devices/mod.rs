@@ -1,0 +1,154 @@
+//! The device manager: the buses, the address and interrupt allocator, and every device on them,
+//! described once.
+//!
+//! Each device goes on a bus through the manager, which records what the guest must be told about
+//! it. The same record gives the ACPI DSDT its devices ([`DeviceManager::acpi_config`]) and the
+//! kernel command line its `virtio_mmio.device=` entries ([`DeviceManager::cmdline_entries`]), so the
+//! two never disagree. The buses take devices at any time, also while the vCPUs run.
+//!
+//! ```text
+//!   config::DevicesConfig ──catalog──► DeviceManager::add_virtio ──► MMIO bus (window + alias)
+//!   legacy::place ──────────────────► DeviceManager::add_port   ──► PIO bus
+//!                                          │
+//!                      acpi_config() ◄─────┴────► cmdline_entries()
+//! ```
+
+mod catalog;
+mod legacy;
+mod virtio;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use ::legacy::PortRange;
+use bus::{Bus, SharedDevice};
+use machine::acpi::{AcpiConfig, IsaDevice, MmioDevice, PowerPorts};
+use memory::Allocator;
+
+pub use self::catalog::add_configured;
+pub use self::legacy::{Legacy, place as place_legacy};
+pub use self::virtio::VirtioSlot;
+
+/// Errors from putting devices on the machine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// KVM refused an irqfd or ioeventfd.
+    #[error(transparent)]
+    Accel(#[from] accel::Error),
+    /// Two devices claimed the same addresses.
+    #[error("cannot place a device: {0}")]
+    Bus(#[from] bus::Error),
+    /// No device window or interrupt line is left.
+    #[error("cannot place a device: {0}")]
+    Allocate(#[from] memory::AllocError),
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    /// A virtio transport could not be created.
+    #[error(transparent)]
+    Virtio(#[from] ::virtio::mmio::Error),
+    /// A disk image cannot be used.
+    #[error(transparent)]
+    Disk(#[from] virtio_devices::block::disk::Error),
+    /// A network device's tap cannot be used.
+    #[error(transparent)]
+    Net(#[from] virtio_devices::net::Error),
+}
+
+/// The address spaces a vCPU's exits go to.
+#[derive(Debug, Default)]
+pub struct Buses {
+    /// Port I/O.
+    pub pio: Bus,
+    /// Memory-mapped I/O.
+    pub mmio: Bus,
+}
+
+/// Owns the buses and the allocator, and knows every device placed through it.
+#[derive(Debug)]
+pub struct DeviceManager {
+    buses: Arc<Buses>,
+    allocator: Allocator,
+    acpi: bool,
+    /// Set when the guest's ACPI interpreter runs the DSDT's `\_SB._INI`: the guest takes its
+    /// devices from ACPI, and the command line's aliases turn into placeholders.
+    ospm_seen: Arc<AtomicBool>,
+    isa: Vec<IsaDevice>,
+    power: Option<PowerPorts>,
+    ospm_probe: Option<u16>,
+    virtio: Vec<VirtioSlot>,
+}
+
+impl DeviceManager {
+    /// An empty machine; `acpi` says whether the guest gets ACPI tables.
+    pub fn new(acpi: bool) -> Self {
+        Self {
+            buses: Arc::default(),
+            allocator: Allocator::new(),
+            acpi,
+            ospm_seen: Arc::default(),
+            isa: Vec::new(),
+            power: None,
+            ospm_probe: None,
+            virtio: Vec::new(),
+        }
+    }
+
+    /// The buses, shared with the vCPU threads.
+    pub fn buses(&self) -> &Arc<Buses> {
+        &self.buses
+    }
+
+    /// Whether the guest gets ACPI tables.
+    pub fn acpi(&self) -> bool {
+        self.acpi
+    }
+
+    /// Puts `device` on the port bus at `at`; `isa` is how the DSDT describes it, if it does.
+    pub fn add_port(
+        &mut self,
+        device: SharedDevice,
+        at: PortRange,
+        isa: Option<IsaDevice>,
+    ) -> Result<(), Error> {
+        self.buses
+            .pio
+            .insert(device, u64::from(at.base), u64::from(at.len))?;
+        self.isa.extend(isa);
+        Ok(())
+    }
+
+    /// The virtio-mmio devices placed so far, in order.
+    pub fn virtio(&self) -> &[VirtioSlot] {
+        &self.virtio
+    }
+
+    /// What the ACPI tables say about the machine: `cpus` vCPUs and every device placed here.
+    pub fn acpi_config(&self, cpus: u32) -> Option<AcpiConfig> {
+        let power = self.power.filter(|_| self.acpi)?;
+        Some(AcpiConfig {
+            cpus,
+            isa: self.isa.clone(),
+            virtio_mmio: self
+                .virtio
+                .iter()
+                .map(|s| MmioDevice {
+                    base: s.base,
+                    size: ::virtio::mmio::WINDOW_SIZE as u32,
+                    irq: s.irq,
+                })
+                .collect(),
+            power,
+            ospm_probe: self.ospm_probe,
+        })
+    }
+
+    /// The `virtio_mmio.device=` kernel parameters for the virtio devices: their windows without
+    /// ACPI, their aliases with it (which turn into placeholders once the guest's ACPI runs).
+    pub fn cmdline_entries(&self) -> Vec<String> {
+        self.virtio
+            .iter()
+            .map(|s| ::virtio::cmdline_device(s.cmdline_base(), s.irq))
+            .collect()
+    }
+}
