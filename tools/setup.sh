@@ -13,7 +13,7 @@ fi
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
 pkgs=(linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils lz4 e2fsprogs
-      qemu-system-x86 python3)
+      qemu-system-x86 python3 iproute2)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

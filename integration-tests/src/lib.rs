@@ -1,5 +1,9 @@
 #![doc = include_str!("../README.md")]
 
+pub mod disks;
+pub mod netns;
+pub mod stream;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -211,4 +215,17 @@ fn read_to_end_in_thread<R: std::io::Read + Send + 'static>(
         }
         String::from_utf8_lossy(&text).into_owned()
     })
+}
+
+/// The line of `text` that starts with `prefix`; fails the test (showing `text`) if there is none.
+pub fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{text}"))
+}
+
+/// The test guest's command line (`cmdline.txt`) with `extra` words appended.
+pub fn guest_cmdline(extra: &str) -> String {
+    let text = std::fs::read_to_string(guest_dir().join("cmdline.txt")).expect("read cmdline.txt");
+    format!("{} {extra}", text.trim())
 }

@@ -49,6 +49,8 @@ fn help_and_version() {
         "--serial",
         "--acpi",
         "--disk",
+        "--net",
+        "--rng",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
     }
@@ -168,4 +170,49 @@ fn unusable_disks() {
         &kvmkit(&["--kernel", k, "--disk", &format!("path={}", s(&odd))]),
         "is 1000 bytes, not a multiple of 512",
     );
+}
+
+#[test]
+fn network_cards_kvmkit_cannot_use() {
+    let k = scratch("net-k", b"x");
+    let k = s(&k);
+    let bad = |net: &[&str], needle: &str| {
+        let mut args = vec!["--kernel", k];
+        for n in net {
+            args.extend(["--net", n]);
+        }
+        assert_bad_input(&kvmkit(&args), needle);
+    };
+    bad(&["tap0"], "invalid --net 'tap0'");
+    bad(&["tap=t0,mac=52:54:00:12:34"], "invalid MAC address");
+    bad(&["tap=t0,mac=01:00:5e:00:00:01"], "multicast");
+    bad(&["tap=t0", "tap=t0"], "tap 't0' is given twice");
+    bad(
+        &["tap=kvmkit-nosuch0"],
+        "tap 'kvmkit-nosuch0' does not exist",
+    );
+    bad(&["tap=lo"], "'lo' is not a tap device");
+    assert_bad_input(
+        &kvmkit(&["--kernel", k, "--rng", "maybe"]),
+        "invalid --rng 'maybe'",
+    );
+    // A tap that belongs to another user, opened without CAP_NET_ADMIN: the kernel says no.
+    let ns = kvmkit_integration_tests::netns::NetNs::new("cli");
+    ns.add_tap_owned_by("kuser0", 12345);
+    let out = ns
+        .command("setpriv")
+        .args([
+            "--bounding-set",
+            "-net_admin",
+            env!("CARGO_BIN_EXE_kvmkit-e2e"),
+        ])
+        .args(["--kernel", k, "--net", "tap=kuser0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_bad_input(
+        &out,
+        "cannot attach to tap 'kuser0': Operation not permitted",
+    );
+    assert_bad_input(&out, "belongs to another user");
 }

@@ -97,3 +97,16 @@ fn sigterm_mid_boot_exits_143() {
     assert_eq!(out.status.code(), Some(143), "{stderr}");
     assert!(stderr.contains("stopped by signal 15"), "{stderr}");
 }
+
+#[test]
+fn an_event_source_added_to_the_running_vm_can_end_it() {
+    use kvmkit::events::EndOn;
+    use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+    let (vm, ram) = TinyGuest::new(Mode::Long, COUNTER, None).start();
+    wait_past(&ram, 0);
+    let event = EventFd::new(EFD_NONBLOCK).unwrap();
+    let source = EndOn::new(event.try_clone().unwrap(), Outcome::Quit, vm.vm_end());
+    vm.add_event_source(Box::new(source)).unwrap();
+    event.write(1).unwrap();
+    assert_eq!(vm.wait().unwrap(), Outcome::Quit);
+}

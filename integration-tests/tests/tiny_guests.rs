@@ -230,3 +230,51 @@ fn ctrl_a_x_on_the_console_quits() {
     assert_eq!(outcome, Outcome::Quit);
     assert!(b"ab".starts_with(&out), "{out:?}");
 }
+
+/// Answers every read with one 32-bit value.
+struct Answer(u32);
+
+impl BusDevice for Answer {
+    fn read(&mut self, _base: u64, _offset: u64, data: &mut [u8]) {
+        let bytes = self.0.to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = bytes[i % 4];
+        }
+    }
+}
+
+#[test]
+fn a_device_plugged_into_the_running_vm_answers_the_guest() {
+    // Long mode: read 0xd0000000 until it says 0x12345678 (nothing there reads all ones), then print
+    // "OK" and reset.
+    let code = [
+        0xb8, 0x00, 0x00, 0x00, 0xd0, //       mov eax, 0xd0000000
+        0x8b, 0x18, //                         loop: mov ebx, [rax]
+        0x81, 0xfb, 0x78, 0x56, 0x34, 0x12, // cmp ebx, 0x12345678
+        0x75, 0xf6, //                         jne loop
+        0x66, 0xba, 0xf8, 0x03, //             mov dx, 0x3f8
+        0xb0, b'O', 0xee, //                   mov al, 'O' ; out dx, al
+        0xb0, b'K', 0xee, //                   mov al, 'K' ; out dx, al
+        0xb0, 0xfe, 0xe6, 0x64, //             mov al, 0xfe ; out 0x64, al
+        0xeb, 0xfe, //                         jmp $
+    ];
+    let guest = TinyGuest::new(Mode::Long, &code, None);
+    let buses = guest.vm.devices().buses().clone();
+    let serial = guest.serial.clone();
+    let (running, _ram) = guest.start();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        serial.bytes().is_empty(),
+        "the guest saw a device too early"
+    );
+    buses
+        .mmio
+        .insert(
+            Arc::new(Mutex::new(Answer(0x1234_5678))),
+            0xd000_0000,
+            0x1000,
+        )
+        .unwrap();
+    assert_eq!(running.wait().unwrap(), Outcome::Reset);
+    assert_eq!(serial.bytes(), b"OK");
+}

@@ -3,52 +3,57 @@
  *
  * It proves that guest userspace runs and makes system calls: it asks the kernel for its PID, uname(2),
  * the wall-clock time and (from /proc/cpuinfo) the number of CPUs, prints one marker line with the
- * answers on /dev/console, and reboots the guest, or powers it off if the kernel command line has
- * `kvmkit_init=poweroff` (the kernel hands such `name=value` words to init as environment variables).
+ * answers on /dev/console, runs the checks the kernel command line lists, and reboots the guest, or
+ * powers it off (the kernel hands such `name=value` words to init as environment variables).
  *
- * `kvmkit_init=disk` (or `disk-then-hang`) also exercises the virtio disks before that: it reports each
- * disk's size, serial and read-only flag from sysfs, mounts /dev/vda (ext4) on /mnt, prints hello.txt from
- * it, writes guest-wrote.txt and syncs, and tries to open /dev/vdb for writing. `disk-then-hang` then
- * prints KVMKIT-DISK-SYNCED and spins instead of rebooting (the host kills kvmkit). `kvmkit_init=rootdisk`
- * is for a root filesystem on /dev/vda: it prints /hello.txt from it. `kvmkit_init=blkbench` measures
- * /dev/vda (O_DIRECT: sequential 1 MiB writes and reads over 32 MiB, then 4 KiB reads at pseudo-random
- * offsets) and prints KVMKIT-BLKBENCH with the rates (tools/bench-blk compares VMMs with it).
+ * `kvmkit_init=CHECK[,CHECK...]` lists the checks, in the order they run; one boot can run many:
+ *   poweroff        power off at the end instead of rebooting
+ *   disk            report each disk's size, serial and read-only flag from sysfs, mount /dev/vda
+ *                   (ext4) on /mnt, print hello.txt from it, write guest-wrote.txt and sync, and try to
+ *                   open /dev/vdb for writing
+ *   disk-then-hang  `disk`, then print KVMKIT-DISK-SYNCED and spin instead of rebooting (the host
+ *                   kills kvmkit)
+ *   rootdisk        for a root filesystem on /dev/vda: print /hello.txt from it
+ *   blkbench        measure /dev/vda (O_DIRECT: sequential 1 MiB writes and reads over 32 MiB, then
+ *                   4 KiB reads at pseudo-random offsets) and print KVMKIT-BLKBENCH with the rates
+ *   virtio          list the virtio devices the kernel bound: KVMKIT-VIRTIO count=N ids=...
+ *   rng             the hardware RNG the kernel uses, and bytes read from /dev/hwrng
+ *   net             configure eth0 (init_net.c), ping the host, and move a byte stream over TCP
+ *                   each way, checked byte for byte
  * Built with -nostdlib: no libc, so the initramfs stays a few KB (unpacking is emulated and slow).
  */
-#define SYS_read 0
-#define SYS_write 1
-#define SYS_pread64 17
-#define SYS_pwrite64 18
-#define SYS_open 2
-#define SYS_close 3
-#define SYS_fsync 74
-#define SYS_pause 34
-#define SYS_getpid 39
-#define SYS_uname 63
-#define SYS_sync 162
-#define SYS_mount 165
-#define SYS_umount2 166
-#define SYS_reboot 169
-#define SYS_time 201
-#define SYS_clock_gettime 228
+#include "init.h"
 
-#define LINUX_REBOOT_MAGIC1 0xfee1deadL
-#define LINUX_REBOOT_MAGIC2 672274793L
-#define LINUX_REBOOT_CMD_RESTART 0x01234567L
-#define LINUX_REBOOT_CMD_POWER_OFF 0x4321fedcL
+/* What gcc may call for struct copies and initializers, even freestanding. */
+void *memset(void *d, int c, unsigned long n)
+{
+	unsigned char *p = d;
+	while (n--)
+		*p++ = (unsigned char)c;
+	return d;
+}
+
+void *memcpy(void *d, const void *s, unsigned long n)
+{
+	unsigned char *p = d;
+	const unsigned char *q = s;
+	while (n--)
+		*p++ = *q++;
+	return d;
+}
 
 struct utsname {
 	char sysname[65], nodename[65], release[65], version[65], machine[65], domainname[65];
 };
 
-static long sys3(long n, long a, long b, long c)
+long sys3(long n, long a, long b, long c)
 {
 	long ret;
 	__asm__ volatile("syscall" : "=a"(ret) : "a"(n), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
 	return ret;
 }
 
-static long sys4(long n, long a, long b, long c, long d)
+long sys4(long n, long a, long b, long c, long d)
 {
 	long ret;
 	register long r10 __asm__("r10") = d;
@@ -56,7 +61,7 @@ static long sys4(long n, long a, long b, long c, long d)
 	return ret;
 }
 
-static long sys5(long n, long a, long b, long c, long d, long e)
+long sys5(long n, long a, long b, long c, long d, long e)
 {
 	long ret;
 	register long r10 __asm__("r10") = d;
@@ -65,7 +70,17 @@ static long sys5(long n, long a, long b, long c, long d, long e)
 	return ret;
 }
 
-static unsigned long len(const char *s)
+long sys6(long n, long a, long b, long c, long d, long e, long f)
+{
+	long ret;
+	register long r10 __asm__("r10") = d;
+	register long r8 __asm__("r8") = e;
+	register long r9 __asm__("r9") = f;
+	__asm__ volatile("syscall" : "=a"(ret) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9) : "rcx", "r11", "memory");
+	return ret;
+}
+
+unsigned long len(const char *s)
 {
 	unsigned long n = 0;
 	while (s[n])
@@ -73,17 +88,17 @@ static unsigned long len(const char *s)
 	return n;
 }
 
-static char line[256];
+char line[256];
 static unsigned long used;
 
-static void put(const char *s)
+void put(const char *s)
 {
 	unsigned long n = len(s);
 	for (unsigned long i = 0; i < n && used < sizeof(line) - 1; i++)
 		line[used++] = s[i];
 }
 
-static void put_num(long v)
+void put_num(long v)
 {
 	char buf[24];
 	int i = sizeof(buf) - 1;
@@ -100,7 +115,7 @@ static void put_num(long v)
 }
 
 /* Writes the line built so far (plus a newline) to fd and starts a new one. */
-static void say(long fd)
+void say(long fd)
 {
 	put("\n");
 	sys3(SYS_write, fd, (long)line, used);
@@ -108,7 +123,7 @@ static void say(long fd)
 }
 
 /* Reads up to n-1 bytes of a file into buf, NUL-terminated; returns the length or a -errno. */
-static long slurp(const char *path, char *buf, unsigned long n)
+long slurp(const char *path, char *buf, unsigned long n)
 {
 	long fd = sys3(SYS_open, (long)path, 0 /* O_RDONLY */, 0);
 	if (fd < 0)
@@ -128,7 +143,7 @@ static long slurp(const char *path, char *buf, unsigned long n)
 	return got;
 }
 
-static char small[256];
+char small[256];
 
 /* "KVMKIT-DISK name=vdX sectors=N serial=S ro=R" from sysfs, if the disk exists. */
 static void report_disk(long out, const char *name)
@@ -153,10 +168,11 @@ static void report_disk(long out, const char *name)
 	say(out);
 }
 
+static void mount_sys(void);
+
 static void disk_checks(long out)
 {
-	sys5(SYS_mount, (long)"devtmpfs", (long)"/dev", (long)"devtmpfs", 0, 0);
-	sys5(SYS_mount, (long)"sysfs", (long)"/sys", (long)"sysfs", 0, 0);
+	mount_sys();
 	report_disk(out, "vda");
 	report_disk(out, "vdb");
 	long m = sys5(SYS_mount, (long)"/dev/vda", (long)"/mnt", (long)"ext4", 0, 0);
@@ -201,11 +217,7 @@ static void disk_checks(long out)
 	say(out);
 }
 
-struct timespec64 {
-	long sec, nsec;
-};
-
-static long now_ns(void)
+long now_ns(void)
 {
 	struct timespec64 t;
 	sys3(SYS_clock_gettime, 1 /* CLOCK_MONOTONIC */, (long)&t, 0);
@@ -286,28 +298,131 @@ static long count_cpus(void)
 	return cpus;
 }
 
-/* True if `env` (a NULL-terminated array) holds the string `want`. */
-static int has_env(char **env, const char *want)
+/* The value of environment variable `key` ("kvmkit_ip=" with its '='), or 0. */
+const char *env_value(char **env, const char *key)
 {
 	for (; *env; env++) {
 		unsigned long k = 0;
-		while (want[k] && (*env)[k] == want[k])
+		while (key[k] && (*env)[k] == key[k])
 			k++;
-		if (!want[k] && !(*env)[k])
-			return 1;
+		if (!key[k])
+			return *env + k;
 	}
 	return 0;
+}
+
+/* True if the comma-separated list `list` holds the item `want`. */
+static int has_item(const char *list, const char *want)
+{
+	while (list && *list) {
+		unsigned long k = 0;
+		while (want[k] && list[k] == want[k])
+			k++;
+		if (!want[k] && (list[k] == ',' || !list[k]))
+			return 1;
+		while (*list && *list != ',')
+			list++;
+		if (*list == ',')
+			list++;
+	}
+	return 0;
+}
+
+static void mount_sys(void)
+{
+	sys5(SYS_mount, (long)"devtmpfs", (long)"/dev", (long)"devtmpfs", 0, 0);
+	sys5(SYS_mount, (long)"sysfs", (long)"/sys", (long)"sysfs", 0, 0);
+}
+
+struct dirent64 {
+	unsigned long ino;
+	long off;
+	unsigned short reclen;
+	unsigned char type;
+	char name[];
+};
+
+static char dents[4096];
+
+/* "KVMKIT-VIRTIO count=N ids=I,J,..." : the virtio devices the kernel bound, with their device ids
+ * (2 block, 1 net, 4 rng...) in the kernel's order (virtio0, virtio1, ...). */
+static void virtio_check(long out)
+{
+	static char path[96];
+	static int ids[64];
+	int count = 0;
+	mount_sys();
+	long dir = sys3(SYS_open, (long)"/sys/bus/virtio/devices", 0200000 /* O_DIRECTORY */, 0);
+	for (;;) {
+		long n = dir < 0 ? -1 : sys3(SYS_getdents64, dir, (long)dents, sizeof(dents));
+		if (n <= 0)
+			break;
+		for (long at = 0; at < n;) {
+			struct dirent64 *d = (struct dirent64 *)(dents + at);
+			at += d->reclen;
+			/* virtioN */
+			if (d->name[0] != 'v' || count >= 64)
+				continue;
+			int index = 0;
+			for (const char *c = d->name + 6; *c >= '0' && *c <= '9'; c++)
+				index = index * 10 + (*c - '0');
+			if (index >= 64)
+				continue;
+			unsigned long p = 0;
+			for (const char *c = "/sys/bus/virtio/devices/"; *c; c++)
+				path[p++] = *c;
+			for (const char *c = d->name; *c; c++)
+				path[p++] = *c;
+			for (const char *c = "/device"; *c; c++)
+				path[p++] = *c;
+			path[p] = 0;
+			long id = -1;
+			if (slurp(path, small, sizeof(small)) > 2) {
+				id = 0;
+				for (const char *c = small + 2; *c; c++)
+					id = id * 16 + (*c <= '9' ? *c - '0' : (*c | 0x20) - 'a' + 10);
+			}
+			ids[index] = (int)id;
+			count++;
+		}
+	}
+	if (dir >= 0)
+		sys3(SYS_close, dir, 0, 0);
+	put("KVMKIT-VIRTIO count=");
+	put_num(count);
+	put(" ids=");
+	for (int i = 0; i < count; i++) {
+		if (i)
+			put(",");
+		put_num(ids[i]);
+	}
+	say(out);
+}
+
+/* "KVMKIT-RNG current=NAME read=N": the kernel's hardware RNG and a read from it. */
+static void rng_check(long out)
+{
+	static char random[32];
+	mount_sys();
+	put("KVMKIT-RNG current=");
+	put(slurp("/sys/class/misc/hw_random/rng_current", small, sizeof(small)) < 0 ? "?" : small);
+	long fd = sys3(SYS_open, (long)"/dev/hwrng", 0, 0);
+	long n = fd < 0 ? fd : sys3(SYS_read, fd, (long)random, sizeof(random));
+	if (fd >= 0)
+		sys3(SYS_close, fd, 0, 0);
+	put(" read=");
+	put_num(n);
+	say(out);
 }
 
 /* `sp` is the initial stack: argc, argv[0..argc], NULL, envp..., NULL. */
 void init_main(long *sp)
 {
 	char **envp = (char **)(sp + 1 + sp[0] + 1);
-	int power_off = has_env(envp, "kvmkit_init=poweroff");
-	int disk = has_env(envp, "kvmkit_init=disk");
-	int hang = has_env(envp, "kvmkit_init=disk-then-hang");
-	int rootdisk = has_env(envp, "kvmkit_init=rootdisk");
-	int blkbench = has_env(envp, "kvmkit_init=blkbench");
+	const char *checks = env_value(envp, "kvmkit_init=");
+	int power_off = has_item(checks, "poweroff");
+	int hang = has_item(checks, "disk-then-hang");
+	int disk = has_item(checks, "disk") || hang;
 	long fd = sys3(SYS_open, (long)"/dev/console", 2 /* O_RDWR */, 0);
 	if (fd < 0)
 		fd = 1;
@@ -324,11 +439,19 @@ void init_main(long *sp)
 	put(" cpus=");
 	put_num(count_cpus());
 	say(fd);
-	if (disk || hang)
+	if (has_item(checks, "virtio"))
+		virtio_check(fd);
+	if (has_item(checks, "rng"))
+		rng_check(fd);
+	if (disk)
 		disk_checks(fd);
-	if (blkbench)
+	if (has_item(checks, "net")) {
+		mount_sys();
+		net_checks(fd, envp);
+	}
+	if (has_item(checks, "blkbench"))
 		blk_bench(fd);
-	if (rootdisk) {
+	if (has_item(checks, "rootdisk")) {
 		put("KVMKIT-ROOT-READ ");
 		put(slurp("/hello.txt", small, sizeof(small)) < 0 ? "?" : small);
 		say(fd);

@@ -264,6 +264,11 @@ impl VirtioDevice for Net {
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
         let mut backend = self.backend.try_clone().map_err(ActivateError::Worker)?;
         let offloads = offloads_for(a.features, self.backend_offloads);
+        log::info!(
+            "{}: driver features {:#x}, tap offloads {offloads:#x}",
+            self.name,
+            a.features
+        );
         if let Err(e) = backend.set_offload(offloads) {
             log::warn!(
                 "{}: the tap refused offloads {offloads:#x} ({e}); the guest gets plain frames",

@@ -9,7 +9,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
 use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref, ioctl_with_val};
 
@@ -30,8 +29,6 @@ const IFF_TAP: u16 = 0x0002;
 const IFF_NO_PI: u16 = 0x1000;
 /// `IFF_VNET_HDR`: each frame carries a virtio-net header.
 const IFF_VNET_HDR: u16 = 0x4000;
-/// `IFF_MULTI_QUEUE`, which a tap must not have for a single-queue open.
-const IFF_MULTI_QUEUE: u16 = 0x0100;
 
 /// `TUN_F_CSUM`: the tap may hand us frames with a partial checksum.
 pub const TUN_F_CSUM: u32 = 0x01;
@@ -124,7 +121,9 @@ impl Tap {
         {
             return Err(Error::Name(name.to_owned()));
         }
-        check_is_tap(name)?;
+        if !exists(name) {
+            return Err(Error::Missing(name.to_owned()));
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -147,8 +146,9 @@ impl Tap {
             let source = std::io::Error::last_os_error();
             let hint = match source.raw_os_error() {
                 Some(libc::EPERM) => {
-                    " (the tap belongs to another user: run as its owner or as root)"
+                    " (the tap belongs to another user or group: run as its owner, or with CAP_NET_ADMIN)"
                 }
+                Some(libc::EINVAL) => return Err(Error::NotATap(name.to_owned())),
                 Some(libc::EBUSY) => " (another process has it open)",
                 _ => "",
             };
@@ -179,24 +179,14 @@ impl Tap {
     }
 }
 
-/// Fails unless `/sys/class/net/<name>` is a single-queue tun/tap interface in TAP mode. Without
-/// this check TUNSETIFF would create a new tap of that name.
-fn check_is_tap(name: &str) -> Result<(), Error> {
-    let dir = Path::new("/sys/class/net").join(name);
-    if !dir.exists() {
-        return Err(Error::Missing(name.to_owned()));
-    }
-    let flags = std::fs::read_to_string(dir.join("tun_flags"))
-        .ok()
-        .and_then(|s| u16::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok())
-        .ok_or_else(|| Error::NotATap(name.to_owned()))?;
-    if flags & IFF_TAP == 0 {
-        return Err(Error::NotATap(name.to_owned()));
-    }
-    if flags & IFF_MULTI_QUEUE != 0 {
-        return Err(Error::MultiQueue(name.to_owned()));
-    }
-    Ok(())
+/// Whether an interface `name` exists in the caller's network namespace. Opening a tap that does
+/// not exist would create it, which kvmkit never does.
+fn exists(name: &str) -> bool {
+    let Ok(c_name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: `c_name` is a NUL-terminated string that outlives the call; if_nametoindex only reads it.
+    unsafe { libc::if_nametoindex(c_name.as_ptr()) != 0 }
 }
 
 impl AsRawFd for Tap {
