@@ -67,7 +67,7 @@ pub struct Scratch {
     chains: Vec<(u16, usize, usize)>,
     /// The device-writable buffers of those chains.
     segments: Vec<(GuestAddress, usize)>,
-    /// Chains returned unused (bad buffers), with their heads.
+    /// Chains put in the used ring unused (bad buffers).
     rejected: u32,
 }
 
@@ -143,8 +143,8 @@ pub fn deliver(
                 // outside the table has no used-ring entry to give back).
                 if head < size {
                     queue.add_used(mem, head, 0)?;
+                    scratch.rejected += 1;
                 }
-                scratch.rejected += 1;
             }
         }
     }
