@@ -1,5 +1,6 @@
-//! The kvmkit command line: bad flags, bad sizes and unusable kernel, initramfs or disk files give one
-//! line on stderr and exit code 2; --help and --version exit 0.
+//! The kvmkit command line: bad flags, bad sizes and unusable kernel, initramfs or disk files, and taps
+//! that are missing or not kvmkit's to open, give one line on stderr and exit code 2; --help and
+//! --version exit 0. (The tap kvmkit may not open needs root to set up: a network namespace.)
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
