@@ -22,7 +22,7 @@ pub trait ChainHandler: Send {
     fn handle(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32;
 }
 
-/// One queue and the handler of its chains: the event subscriber a device's [`Worker`](crate::Worker)
+/// One queue and the handler of its chains: the event subscriber a device's [`Worker`]
 /// runs, or a loop a benchmark drives by hand with [`QueueHandler::process_queue`].
 pub struct QueueHandler<H> {
     name: String,
