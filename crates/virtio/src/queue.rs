@@ -157,3 +157,66 @@ pub fn start_worker<H: ChainHandler + 'static>(
     let subscriber = QueueHandler::new(name, mem, queue, interrupt.clone(), handler);
     Worker::spawn(name, subscriber, interrupt).map_err(crate::ActivateError::Worker)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{FakeDriver, W};
+    use crate::{ActivateError, Activation, VIRTIO_F_VERSION_1, VirtioDevice};
+
+    /// Answers chains with their first buffer's length, and panics on a buffer of 13 bytes.
+    struct Fragile;
+
+    impl ChainHandler for Fragile {
+        fn handle(&mut self, _: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+            let len = chain.into_iter().next().map_or(0, |d| d.len());
+            assert_ne!(len, 13, "a device bug");
+            len
+        }
+    }
+
+    struct FragileDevice(Option<Worker>);
+
+    impl VirtioDevice for FragileDevice {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn features(&self) -> u64 {
+            VIRTIO_F_VERSION_1
+        }
+        fn read_config(&self, _offset: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+            self.0 = Some(start_worker("fragile", a, Fragile)?);
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.0 = None;
+        }
+    }
+
+    #[test]
+    fn a_device_whose_worker_panics_needs_a_reset_and_a_reset_restarts_it() {
+        let mut d = FakeDriver::new(Box::new(FragileDevice(None)), 1 << 20, 16);
+        d.start(VIRTIO_F_VERSION_1);
+        d.add(0, &[(0x40000, 8, W)]);
+        d.kick(0);
+        assert_eq!(d.wait_used(0, 1)[0].1, 8);
+        // The device's bug: its worker panics. The driver sees DEVICE_NEEDS_RESET and a
+        // configuration interrupt; the process goes on.
+        d.add(0, &[(0x40000, 13, W)]);
+        d.kick(0);
+        d.wait_for("DEVICE_NEEDS_RESET", |d| d.status() & 64 != 0);
+        assert_ne!(d.r(0x60) & 2, 0, "configuration interrupt");
+        // The driver's reset stops the dead worker; the device works again.
+        d.start(VIRTIO_F_VERSION_1);
+        assert_eq!(d.status() & 64, 0);
+        d.add(0, &[(0x40000, 5, W)]);
+        d.kick(0);
+        assert_eq!(d.wait_used(0, 1)[0].1, 5);
+    }
+}

@@ -183,8 +183,23 @@ fn a_received_frame_spans_mergeable_buffers_and_says_how_many() {
     assert_eq!(counter(&s.stats.rx_frames), 1);
 }
 
-/// CPU time (user + system, in clock ticks) the worker thread `kvmkit-<name>` has used so far.
+/// CPU time (user + system, in clock ticks) the worker thread `kvmkit-<name>` has used so far. The
+/// thread names itself once it runs, so a worker just activated is waited for (up to 10 s).
 fn worker_cpu_ticks(name: &str) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(ticks) = find_worker_cpu_ticks(name) {
+            return ticks;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no kvmkit-{name} worker thread"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn find_worker_cpu_ticks(name: &str) -> Option<u64> {
     for task in std::fs::read_dir("/proc/self/task").unwrap() {
         let task = task.unwrap().path();
         let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
@@ -193,10 +208,10 @@ fn worker_cpu_ticks(name: &str) -> u64 {
             // Fields after the command (which ends with ')'): utime and stime are the 12th and 13th.
             let rest = &stat[stat.rfind(')').unwrap() + 2..];
             let f: Vec<&str> = rest.split_whitespace().collect();
-            return f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+            return Some(f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap());
         }
     }
-    panic!("no kvmkit-{name} worker thread");
+    None
 }
 
 #[test]
