@@ -174,25 +174,49 @@ pub fn output_within(
     command: &mut std::process::Command,
     limit: std::time::Duration,
 ) -> (String, String, Option<i32>) {
+    output_until(command, None, limit)
+}
+
+/// [`output_within`], but once `stop_at` (if given) appears in the command's stdout the command is
+/// sent SIGTERM, as a user pressing Ctrl-C would (kvmkit then stops the guest and exits 143). A test
+/// that needs only the first part of a long boot stops there.
+pub fn output_until(
+    command: &mut std::process::Command,
+    stop_at: Option<&str>,
+    limit: std::time::Duration,
+) -> (String, String, Option<i32>) {
     use std::process::Stdio;
+    use std::time::{Duration, Instant};
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the command");
-    let stdout = read_to_end_in_thread(child.stdout.take());
-    let stderr = read_to_end_in_thread(child.stderr.take());
-    let deadline = std::time::Instant::now() + limit;
+    let (stdout, seen) = read_in_thread(child.stdout.take());
+    let (stderr, _) = read_in_thread(child.stderr.take());
+    let deadline = Instant::now() + limit;
+    let mut stopped = false;
     let status = loop {
         match child.try_wait().expect("wait for the command") {
             Some(status) => break status.code(),
-            None if std::time::Instant::now() >= deadline => {
+            None if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
                 break None;
             }
-            None => std::thread::sleep(std::time::Duration::from_millis(200)),
+            None => {
+                if let Some(marker) = stop_at
+                    && !stopped
+                    && contains(&lock(&seen), marker.as_bytes())
+                {
+                    let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+                    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                    stopped = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     };
     let stdout = stdout.join().unwrap_or_default();
@@ -203,18 +227,36 @@ pub fn output_within(
     (stdout, stderr, status)
 }
 
-/// Reads `pipe` to its end on a thread of its own (so that a child never blocks on a full pipe) and
-/// hands back what it read, as text.
-fn read_to_end_in_thread<R: std::io::Read + Send + 'static>(
+fn lock(bytes: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
+    bytes.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Reads `pipe` to its end on a thread of its own (so that a child never blocks on a full pipe):
+/// what was read so far, shared as it grows, and the thread, which hands back all of it as text.
+fn read_in_thread<R: std::io::Read + Send + 'static>(
     pipe: Option<R>,
-) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut text = Vec::new();
+) -> (std::thread::JoinHandle<String>, Arc<Mutex<Vec<u8>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let shared = seen.clone();
+    let thread = std::thread::spawn(move || {
         if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut text);
+            let mut buf = [0u8; 4096];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => lock(&shared).extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
         }
-        String::from_utf8_lossy(&text).into_owned()
-    })
+        String::from_utf8_lossy(&lock(&shared)).into_owned()
+    });
+    (thread, seen)
 }
 
 /// The line of `text` that starts with `prefix`; fails the test (showing `text`) if there is none.
