@@ -185,46 +185,110 @@ pub fn output_until(
     stop_at: Option<&str>,
     limit: std::time::Duration,
 ) -> (String, String, Option<i32>) {
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the command");
-    let (stdout, seen) = read_in_thread(child.stdout.take());
-    let (stderr, _) = read_in_thread(child.stderr.take());
-    let deadline = Instant::now() + limit;
-    let mut stopped = false;
-    let status = loop {
-        match child.try_wait().expect("wait for the command") {
-            Some(status) => break status.code(),
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => {
-                if let Some(marker) = stop_at
-                    && !stopped
-                    && contains(&lock(&seen), marker.as_bytes())
-                {
-                    let pid = libc::pid_t::try_from(child.id()).expect("a pid");
-                    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-                    unsafe { libc::kill(pid, libc::SIGTERM) };
-                    stopped = true;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    };
-    let stdout = stdout.join().unwrap_or_default();
-    let mut stderr = stderr.join().unwrap_or_default();
-    if status.is_none() {
-        stderr.push_str(&format!("\n(killed after {} s)\n", limit.as_secs()));
+    let started = std::time::Instant::now();
+    let running = Background::spawn(command);
+    if let Some(marker) = stop_at
+        && running.wait_for_stdout(marker, limit)
+    {
+        running.signal(libc::SIGTERM);
     }
-    (stdout, stderr, status)
+    running.finish(limit.saturating_sub(started.elapsed()))
+}
+
+/// A command running beside the test, whose output the test reads as it comes.
+pub struct Background {
+    child: std::process::Child,
+    stdout_seen: Arc<Mutex<Vec<u8>>>,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Background {
+    /// Starts `command` with stdin closed and stdout and stderr captured.
+    pub fn spawn(command: &mut std::process::Command) -> Self {
+        use std::process::Stdio;
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the command");
+        let (stdout, stdout_seen) = read_in_thread(child.stdout.take());
+        let (stderr, _) = read_in_thread(child.stderr.take());
+        Self {
+            child,
+            stdout_seen,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its stdout so far.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.stdout_seen)).into_owned()
+    }
+
+    /// Waits until its stdout contains `marker`; false if `limit` passed first or it exited.
+    pub fn wait_for_stdout(&self, marker: &str, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if contains(&lock(&self.stdout_seen), marker.as_bytes()) {
+                return true;
+            }
+            if self.has_exited() {
+                return contains(&lock(&self.stdout_seen), marker.as_bytes());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn has_exited(&self) -> bool {
+        let Ok(pid) = libc::pid_t::try_from(self.child.id()) else {
+            return true;
+        };
+        // A process that has exited but was not reaped is a zombie: /proc says so.
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+    }
+
+    /// Sends it signal `sig`.
+    pub fn signal(&self, sig: i32) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(pid, sig) };
+    }
+
+    /// Waits up to `limit` for it to end (then kills it): its stdout, stderr and exit code (`None`
+    /// if it was killed or died by a signal).
+    pub fn finish(mut self, limit: std::time::Duration) -> (String, String, Option<i32>) {
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            match self.child.try_wait().expect("wait for the command") {
+                Some(status) => break status.code(),
+                None if std::time::Instant::now() >= deadline => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break None;
+                }
+                None => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
+        };
+        let stdout = self.stdout.join().unwrap_or_default();
+        let mut stderr = self.stderr.join().unwrap_or_default();
+        if status.is_none() {
+            stderr.push_str(&format!("\n(killed after {} s)\n", limit.as_secs()));
+        }
+        (stdout, stderr, status)
+    }
 }
 
 fn lock(bytes: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {

@@ -88,7 +88,7 @@ fn memory_too_small_or_too_large() {
         "more than the host's",
     );
     assert_bad_input(
-        &kvmkit(&["--kernel", s(&k), "--memory", "1000001"]),
+        &kvmkit(&["--kernel", s(&k), "--memory", "1000001K"]),
         "multiple of 4 KiB",
     );
 }

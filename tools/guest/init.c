@@ -20,6 +20,9 @@
  *   rng             the hardware RNG the kernel uses, and bytes read from /dev/hwrng
  *   net             configure eth0 (init_net.c), ping the host, and move a byte stream over TCP
  *                   each way, checked byte for byte
+ *   control         last: wait for the host's control plane (init_control.c): print a tick five
+ *                   times a second; Ctrl-Alt-Del typed on the keyboard reboots, the ACPI power
+ *                   button powers off
  * Built with -nostdlib: no libc, so the initramfs stays a few KB (unpacking is emulated and slow).
  */
 #include "init.h"
@@ -168,7 +171,6 @@ static void report_disk(long out, const char *name)
 	say(out);
 }
 
-static void mount_sys(void);
 
 static void disk_checks(long out)
 {
@@ -328,7 +330,7 @@ static int has_item(const char *list, const char *want)
 	return 0;
 }
 
-static void mount_sys(void)
+void mount_sys(void)
 {
 	sys5(SYS_mount, (long)"devtmpfs", (long)"/dev", (long)"devtmpfs", 0, 0);
 	sys5(SYS_mount, (long)"sysfs", (long)"/sys", (long)"sysfs", 0, 0);
@@ -456,6 +458,8 @@ void init_main(long *sp)
 		put(slurp("/hello.txt", small, sizeof(small)) < 0 ? "?" : small);
 		say(fd);
 	}
+	if (has_item(checks, "control"))
+		control_wait(fd, &power_off);
 	if (hang) {
 		put("KVMKIT-DISK-SYNCED");
 		say(fd);

@@ -7,6 +7,7 @@
 #define SYS_open 2
 #define SYS_close 3
 #define SYS_ioctl 16
+#define SYS_poll 7
 #define SYS_pread64 17
 #define SYS_pwrite64 18
 #define SYS_pause 34
@@ -51,7 +52,13 @@ const char *env_value(char **env, const char *key);
 extern char line[256];
 extern char small[256];
 
+void mount_sys(void);
+
 /* init_net.c: `kvmkit_init=net`. */
 void net_checks(long out, char **envp);
+
+/* init_control.c: `kvmkit_init=control`. Returns only if nothing happened for ten minutes, with
+ * `power_off` set if the guest should power off rather than reboot. */
+void control_wait(long out, int *power_off);
 
 #endif

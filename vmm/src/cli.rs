@@ -1,6 +1,7 @@
 //! The command line, in Cloud Hypervisor's shape: `--kernel`, `--initramfs`, `--cmdline`, `--memory`,
 //! `--cpus`, `--serial`, `--acpi`, `--disk`, `--net`, `--rng`, `--boot-timeline`,
-//! `--instruction-assist`.
+//! `--instruction-assist`, `--log-level`; and Firecracker's control-plane flags: `--api-sock`,
+//! `--config-file`, `--no-api`, `--id`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -14,14 +15,56 @@ use crate::config::{
 /// The largest `--cpus` accepted (the limit of the xAPIC ids the MP table can name).
 pub const MAX_CPUS: u32 = machine::mptable::MAX_CPUS;
 
+/// Where the VM's configuration comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The command line (`--kernel` and the device flags): [`Invocation::vm`] is the VM to boot.
+    CommandLine,
+    /// A Firecracker-style JSON file (`--config-file`).
+    ConfigFile(PathBuf),
+    /// The API (`--api-sock` alone): kvmkit waits for `InstanceStart`.
+    Api,
+}
+
+/// A run of kvmkit: what to boot, and how it is controlled.
+#[derive(Debug)]
+pub struct Invocation {
+    /// Where the configuration comes from.
+    pub source: Source,
+    /// The VM from the command line; for the other sources, the settings Firecracker's
+    /// configuration has no place for (serial console, ACPI, instruction assist, boot timeline).
+    pub vm: VmConfig,
+    /// Serve the API on this socket.
+    pub api_sock: Option<PathBuf>,
+    /// The instance id `GET /` reports.
+    pub id: String,
+    /// The log level, if given.
+    pub log_level: Option<log::LevelFilter>,
+}
+
 /// What the command line asked for.
 #[derive(Debug)]
 pub enum Action {
-    /// Boot a VM.
-    Run(VmConfig),
+    /// Boot a VM (or wait for the API to configure one).
+    Run(Box<Invocation>),
     /// Print this text (help or version) to stdout and exit 0.
     Print(String),
 }
+
+/// The instance id without `--id` (Firecracker's).
+pub const DEFAULT_ID: &str = "anonymous-instance";
+
+/// The flags that describe the VM itself, which a config file or the API gives instead.
+const VM_FLAGS: [&str; 8] = [
+    "kernel",
+    "initramfs",
+    "cmdline",
+    "memory",
+    "cpus",
+    "disk",
+    "net",
+    "rng",
+];
 
 /// Errors from the command line: one line each, exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +75,9 @@ pub enum Error {
     /// A value that parsed but is not valid.
     #[error(transparent)]
     Config(#[from] config::Error),
+    /// A `--log-level` that is not a level.
+    #[error(transparent)]
+    LogLevel(#[from] crate::logger::Error),
 }
 
 fn command() -> Command {
@@ -39,7 +85,12 @@ fn command() -> Command {
         .version(env!("CARGO_PKG_VERSION"))
         .about("Boot a Linux microVM on KVM")
         .after_help(
-            "Exit status: 0 when the guest reboots or powers off; 1 when it crashes (triple fault, \
+            "Give the VM with --kernel (and the device flags), with --config-file (Firecracker's JSON \
+             layout), or through the API: with --api-sock alone kvmkit waits for PUT /boot-source ... \
+             PUT /actions InstanceStart (docs/api.md).\n\
+             Logging: --log-level, or the KVMKIT_LOG environment variable (off, error, warn, info, \
+             debug, trace; default warn).\n\
+             Exit status: 0 when the guest reboots or powers off; 1 when it crashes (triple fault, \
              KVM internal error, kernel panic); 2 for bad arguments or unusable input files; 128+N when \
              stopped by signal N.\n\
              Serial console on stdio: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.",
@@ -48,9 +99,47 @@ fn command() -> Command {
             Arg::new("kernel")
                 .long("kernel")
                 .value_name("PATH")
-                .required(true)
+                .required_unless_present_any(["config-file", "api-sock"])
                 .value_parser(clap::value_parser!(PathBuf))
                 .help("Kernel image: uncompressed ELF vmlinux (PVH) or bzImage"),
+        )
+        .arg(
+            Arg::new("config-file")
+                .long("config-file")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .conflicts_with_all(VM_FLAGS)
+                .help("Boot the VM a JSON file describes, in Firecracker's --config-file layout"),
+        )
+        .arg(
+            Arg::new("api-sock")
+                .long("api-sock")
+                .value_name("PATH")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help(
+                    "Serve the Firecracker-compatible REST API on this Unix socket (created 0600, \
+                     removed at exit); alone, wait for the VM's configuration through it",
+                ),
+        )
+        .arg(
+            Arg::new("no-api")
+                .long("no-api")
+                .action(ArgAction::SetTrue)
+                .conflicts_with("api-sock")
+                .help("No API socket (Firecracker's flag; kvmkit serves none without --api-sock)"),
+        )
+        .arg(
+            Arg::new("id")
+                .long("id")
+                .value_name("ID")
+                .default_value(DEFAULT_ID)
+                .help("The instance id the API reports"),
+        )
+        .arg(
+            Arg::new("log-level")
+                .long("log-level")
+                .value_name("LEVEL")
+                .help("off, error, warn, info, debug or trace (default: KVMKIT_LOG, else warn)"),
         )
         .arg(
             Arg::new("initramfs")
@@ -71,14 +160,14 @@ fn command() -> Command {
                 .long("memory")
                 .value_name("SIZE")
                 .default_value("256M")
-                .help("Guest RAM, e.g. 256M or 2G"),
+                .help("Guest RAM: 256M, 2G, size=512M; a bare number is MiB"),
         )
         .arg(
             Arg::new("cpus")
                 .long("cpus")
                 .value_name("N")
                 .default_value("1")
-                .help("Number of vCPUs"),
+                .help("Number of vCPUs: N or boot=N"),
         )
         .arg(
             Arg::new("serial")
@@ -167,21 +256,45 @@ where
                     Ok(Action::Print(e.render().to_string()))
                 }
                 _ => {
-                    // clap's message runs to the first blank line; the usage and hint follow.
+                    // clap's message runs to the first blank line; a suggestion ("tip: a similar
+                    // argument exists") and the usage follow.
                     let text = e.render().to_string();
-                    let message: Vec<&str> = text
+                    let mut message: Vec<&str> = text
                         .lines()
                         .take_while(|l| !l.trim().is_empty())
                         .map(str::trim)
                         .collect();
+                    let tips: Vec<&str> = text
+                        .lines()
+                        .filter_map(|l| l.trim().strip_prefix("tip:"))
+                        .map(str::trim)
+                        .collect();
+                    if !tips.is_empty() {
+                        message.push(";");
+                        message.extend(tips);
+                    }
                     Err(Error::Usage(
-                        message.join(" ").trim_start_matches("error: ").to_owned(),
+                        message
+                            .join(" ")
+                            .replace(" ;", ";")
+                            .trim_start_matches("error: ")
+                            .to_owned(),
                     ))
                 }
             };
         }
     };
     let get = |name: &str| m.get_one::<String>(name).cloned().unwrap_or_default();
+    let log_level = m
+        .get_one::<String>("log-level")
+        .map(|l| crate::logger::parse_level(l))
+        .transpose()?;
+    let api_sock = m.get_one::<PathBuf>("api-sock").cloned();
+    let source = match (m.get_one::<PathBuf>("config-file"), m.contains_id("kernel")) {
+        (Some(file), _) => Source::ConfigFile(file.clone()),
+        (None, true) => Source::CommandLine,
+        (None, false) => Source::Api,
+    };
     let devices = DevicesConfig {
         disks: m
             .get_many::<String>("disk")
@@ -203,7 +316,7 @@ where
             cmdline: get("cmdline"),
         },
         machine: MachineConfig {
-            memory: config::parse_size(&get("memory"))?,
+            memory: config::parse_memory(&get("memory"))?,
             cpus: config::parse_cpus(&get("cpus"), MAX_CPUS)?,
             acpi: get("acpi") == "on",
             instruction_assist: get("instruction-assist").parse().map_err(Error::Usage)?,
@@ -217,7 +330,13 @@ where
                 _ => crate::timeline::Format::Table,
             }),
     };
-    Ok(Action::Run(config))
+    Ok(Action::Run(Box::new(Invocation {
+        source,
+        vm: config,
+        api_sock,
+        id: get("id"),
+        log_level,
+    })))
 }
 
 #[cfg(test)]
@@ -225,10 +344,58 @@ mod tests {
     use super::*;
     use crate::software_kvm::AssistMode;
 
-    fn run(args: &[&str]) -> Result<VmConfig, Error> {
+    fn invocation(args: &[&str]) -> Result<Invocation, Error> {
         match parse(std::iter::once("kvmkit").chain(args.iter().copied()))? {
-            Action::Run(c) => Ok(c),
+            Action::Run(i) => Ok(*i),
             Action::Print(p) => panic!("unexpected print: {p}"),
+        }
+    }
+
+    fn run(args: &[&str]) -> Result<VmConfig, Error> {
+        invocation(args).map(|i| i.vm)
+    }
+
+    #[test]
+    fn cloud_hypervisor_forms_and_mib_by_default() {
+        let c = run(&["--kernel", "k", "--memory", "512", "--cpus", "boot=2"]).unwrap();
+        assert_eq!((c.machine.memory, c.machine.cpus), (512 << 20, 2));
+        let c = run(&["--kernel", "k", "--memory", "size=1G"]).unwrap();
+        assert_eq!(c.machine.memory, 1 << 30);
+        let e = run(&["--kernel", "k", "--memroy", "1G"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--memory"), "a suggestion for the typo: {e}");
+        let i = invocation(&["--kernel", "k", "--log-level", "debug"]).unwrap();
+        assert_eq!(i.log_level, Some(log::LevelFilter::Debug));
+        assert!(invocation(&["--kernel", "k", "--log-level", "loud"]).is_err());
+    }
+
+    #[test]
+    fn the_vm_comes_from_the_command_line_a_config_file_or_the_api() {
+        let i = invocation(&["--kernel", "k"]).unwrap();
+        assert_eq!(
+            (i.source, i.api_sock, i.id.as_str()),
+            (Source::CommandLine, None, DEFAULT_ID)
+        );
+        let i = invocation(&["--api-sock", "/tmp/s", "--id", "vm7"]).unwrap();
+        assert_eq!(i.source, Source::Api);
+        assert_eq!(
+            (i.api_sock.unwrap().to_str(), i.id.as_str()),
+            (Some("/tmp/s"), "vm7")
+        );
+        let i = invocation(&["--config-file", "vm.json", "--no-api"]).unwrap();
+        assert_eq!(i.source, Source::ConfigFile("vm.json".into()));
+        assert!(invocation(&["--no-api", "--kernel", "k"]).is_ok());
+        let i = invocation(&["--config-file", "vm.json", "--api-sock", "/tmp/s"]).unwrap();
+        assert!(i.api_sock.is_some());
+        for bad in [
+            &["--config-file", "vm.json", "--kernel", "k"][..],
+            &["--config-file", "vm.json", "--disk", "path=a"][..],
+            &["--no-api"][..],
+            &["--config-file", "vm.json", "--no-api", "--api-sock", "s"][..],
+        ] {
+            let e = invocation(bad).unwrap_err().to_string();
+            assert!(!e.contains('\n'), "{bad:?}: {e}");
         }
     }
 
@@ -327,7 +494,8 @@ mod tests {
             let e = run(args).unwrap_err().to_string();
             assert!(!e.contains('\n') && !e.is_empty(), "{args:?}: {e}");
         }
-        assert!(run(&[]).unwrap_err().to_string().contains("--kernel"));
+        let e = run(&[]).unwrap_err().to_string();
+        assert!(e.contains("--kernel"), "{e}");
     }
 
     #[test]

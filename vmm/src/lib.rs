@@ -6,14 +6,18 @@
 //! starts one thread per vCPU and runs the event loop ([`events`]) until the VM ends.
 //! [`cli`] and [`config`] turn the command line into that sequence's inputs.
 
+pub mod api;
 pub mod app;
 pub mod assist_hook;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod controller;
 pub mod devices;
 pub mod events;
+pub mod launch;
 pub mod logger;
+pub mod metrics;
 pub mod outcome;
 pub mod run;
 pub mod signals;

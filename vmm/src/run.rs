@@ -6,16 +6,20 @@
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
+use assist::Assist;
 use event_manager::{EventManager, RemoteEndpoint, SubscriberOps};
+use legacy::I8042;
+use virtio::DeviceCounters;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::assist_hook::AssistHook;
 use crate::events::{ConsoleInput, EndOn, EventSource, StopSignalSource, VcpuOutcomes, VmEnd};
 use crate::outcome::Outcome;
-use crate::vcpu::{ExitHook, VcpuGroup};
+use crate::timeline::Timeline;
+use crate::vcpu::{ExitCounts, ExitHook, VcpuGroup};
 use crate::vm::Vm;
 
 /// Errors from running a VM (not from the guest: those are [`Outcome`]s).
@@ -70,30 +74,79 @@ impl Input {
     }
 }
 
-/// A VM whose vCPUs and event loop are running.
+/// A VM whose vCPUs and event loop are running. It dereferences to its [`VmHandle`], which other
+/// threads (the API) can share; [`RunningVm::wait`] is for the one that waits for the end.
 pub struct RunningVm {
-    vcpus: Arc<VcpuGroup>,
-    stop: EventFd,
-    end: VmEnd,
-    endpoint: RemoteEndpoint<EventSource>,
+    handle: Arc<VmHandle>,
     events: JoinHandle<Result<Outcome, Error>>,
 }
 
 impl std::fmt::Debug for RunningVm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunningVm")
+            .field("vcpus", &self.handle.vcpus)
+            .finish()
+    }
+}
+
+impl std::ops::Deref for RunningVm {
+    type Target = VmHandle;
+
+    fn deref(&self) -> &VmHandle {
+        &self.handle
+    }
+}
+
+/// Controls of a running VM: pause, resume, stop, keystrokes, the power button, its counters.
+pub struct VmHandle {
+    vcpus: Arc<VcpuGroup>,
+    stop: EventFd,
+    end: VmEnd,
+    endpoint: RemoteEndpoint<EventSource>,
+    i8042: Arc<Mutex<I8042>>,
+    power_button: Option<EventFd>,
+    exits: Arc<ExitCounts>,
+    devices: Vec<(String, Arc<dyn DeviceCounters>)>,
+    assist: Option<Arc<Assist>>,
+    timeline: Arc<Timeline>,
+}
+
+impl std::fmt::Debug for VmHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmHandle")
             .field("vcpus", &self.vcpus)
             .finish()
     }
 }
 
+/// Why the VM could not be asked for something.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ControlError {
+    /// The guest has not read the keys typed before.
+    #[error("cannot type Ctrl-Alt-Del: {0}")]
+    Keys(#[from] legacy::KeyError),
+    /// No ACPI, so no power button.
+    #[error("the VM has no power button: it was started with --acpi off (use SendCtrlAltDel)")]
+    NoPowerButton,
+    /// The power button's interrupt could not be raised.
+    #[error("cannot press the power button: {0}")]
+    PowerButton(String),
+}
+
 impl RunningVm {
+    /// The VM's controls, to share with other threads.
+    pub fn handle(&self) -> &Arc<VmHandle> {
+        &self.handle
+    }
+}
+
+impl VmHandle {
     /// Pauses every vCPU; returns once none is in `KVM_RUN`. The VM's devices and event loop go on.
     pub fn pause(&self) {
         self.vcpus.pause();
     }
 
-    /// Resumes the vCPUs after [`RunningVm::pause`].
+    /// Resumes the vCPUs after [`VmHandle::pause`].
     pub fn resume(&self) {
         self.vcpus.resume();
     }
@@ -102,6 +155,42 @@ impl RunningVm {
     /// ended it first).
     pub fn stop(&self) {
         let _ = self.stop.write(1);
+    }
+
+    /// Types Ctrl-Alt-Del on the guest's i8042 keyboard.
+    pub fn ctrl_alt_del(&self) -> Result<(), ControlError> {
+        let mut i8042 = self.i8042.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(i8042.ctrl_alt_del()?)
+    }
+
+    /// Presses the ACPI power button (its GED interrupt).
+    pub fn press_power_button(&self) -> Result<(), ControlError> {
+        let button = self
+            .power_button
+            .as_ref()
+            .ok_or(ControlError::NoPowerButton)?;
+        button
+            .write(1)
+            .map_err(|e| ControlError::PowerButton(e.to_string()))
+    }
+
+    /// Every counter of the VM, grouped as Firecracker's metrics group them: `vcpu` (exits by
+    /// kind), `assist` (instructions and system calls the assist completed, if it is on) and one
+    /// group per virtio device (`block_vda`, `net_eth0`, `entropy_rng0`).
+    pub fn counters(&self) -> Vec<(String, Vec<(&'static str, u64)>)> {
+        let mut groups = vec![("vcpu".to_owned(), self.exits.snapshot())];
+        if let Some(assist) = &self.assist {
+            groups.push(("assist".to_owned(), assist.counts().all()));
+        }
+        for (key, device) in &self.devices {
+            groups.push((key.clone(), device.counters()));
+        }
+        groups
+    }
+
+    /// The VM's boot timeline.
+    pub fn timeline(&self) -> &Arc<Timeline> {
+        &self.timeline
     }
 
     /// Where event sources end the VM: a source made for [`RunningVm::add_event_source`] keeps a
@@ -120,13 +209,15 @@ impl RunningVm {
             })
             .map_err(|_| Error::Ended)
     }
+}
 
+impl RunningVm {
     /// Waits for the VM to end and returns why. Every vCPU thread has stopped when this returns.
     pub fn wait(self) -> Result<Outcome, Error> {
         match self.events.join() {
             Ok(result) => result,
             Err(_) => {
-                self.vcpus.stop();
+                self.handle.vcpus.stop();
                 Err(Error::Panicked)
             }
         }
@@ -190,10 +281,20 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
             (vcpu, hook)
         })
         .collect();
+    let exits = Arc::new(ExitCounts::default());
     let group = Arc::new(
-        VcpuGroup::spawn(vcpus, devices.buses().clone(), tx, &wake, timeline.clone())
-            .map_err(Error::Spawn)?,
+        VcpuGroup::spawn(
+            vcpus,
+            devices.buses().clone(),
+            tx,
+            &wake,
+            timeline.clone(),
+            exits.clone(),
+        )
+        .map_err(Error::Spawn)?,
     );
+    let device_counters = devices.counters();
+    let handle_timeline = timeline.clone();
     // The VM's fd (and with it the irqfds), its RAM and its devices must outlive every vCPU thread:
     // the event-loop thread owns them and drops them only after it has stopped the vCPUs.
     let keep_alive = (kvm, kvm_vm, ram, devices);
@@ -216,10 +317,18 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
         });
     match events {
         Ok(events) => Ok(RunningVm {
-            vcpus: group,
-            stop,
-            end,
-            endpoint,
+            handle: Arc::new(VmHandle {
+                vcpus: group,
+                stop,
+                end,
+                endpoint,
+                i8042: legacy.i8042,
+                power_button: legacy.power_button,
+                exits,
+                devices: device_counters,
+                assist,
+                timeline: handle_timeline,
+            }),
             events,
         }),
         Err(e) => {

@@ -76,6 +76,12 @@ impl StopSignals {
 
 impl Drop for StopSignals {
     fn drop(&mut self) {
-        STOP_FD.store(-1, Ordering::SeqCst);
+        // Only if signals still come here: a VM started since has routed them to its own loop.
+        let _ = STOP_FD.compare_exchange(
+            self.event.as_raw_fd(),
+            -1,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! [`ExitHook`] if it has one: that is where the instruction assist plugs in
 //! ([`crate::assist_hook`]).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
@@ -56,14 +56,49 @@ pub trait ExitHook: Send {
     fn handle(&mut self, vcpu: &mut Vcpu, exit: Unhandled) -> Handled;
 }
 
+/// How many exits of each kind the vCPUs of a VM took, for metrics. Counters only grow.
+#[derive(Debug, Default)]
+pub struct ExitCounts {
+    io_in: AtomicU64,
+    io_out: AtomicU64,
+    mmio_read: AtomicU64,
+    mmio_write: AtomicU64,
+    interrupted: AtomicU64,
+    internal_error: AtomicU64,
+    msr_write: AtomicU64,
+    debug: AtomicU64,
+}
+
+impl ExitCounts {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every counter, named as in Firecracker's `vcpu` metrics where it has one.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("exit_io_in", get(&self.io_in)),
+            ("exit_io_out", get(&self.io_out)),
+            ("exit_mmio_read", get(&self.mmio_read)),
+            ("exit_mmio_write", get(&self.mmio_write)),
+            ("exit_interrupted", get(&self.interrupted)),
+            ("exit_internal_error", get(&self.internal_error)),
+            ("exit_msr_write", get(&self.msr_write)),
+            ("exit_debug", get(&self.debug)),
+        ]
+    }
+}
+
 /// Runs `vcpu` until the guest does something that ends the VM (the outcome) or `control` asks it to
 /// stop (`None`); parks it while `control` asks for a pause. Port and MMIO exits are completed through
-/// `buses`; the other exits go to `hook` first, when there is one.
+/// `buses`; the other exits go to `hook` first, when there is one. Each exit is counted in `counts`.
 pub fn run_loop(
     vcpu: &mut Vcpu,
     buses: &Buses,
     mut hook: Option<&mut dyn ExitHook>,
     control: &Control,
+    counts: &ExitCounts,
 ) -> Option<Outcome> {
     let id = vcpu.id();
     loop {
@@ -77,27 +112,41 @@ pub fn run_loop(
         }
         let next = match vcpu.run() {
             Ok(VcpuExit::IoIn { port, data }) => {
+                ExitCounts::add(&counts.io_in);
                 buses.pio.read(u64::from(port), data);
                 continue;
             }
             Ok(VcpuExit::IoOut { port, data }) => {
+                ExitCounts::add(&counts.io_out);
                 buses.pio.write(u64::from(port), data);
                 continue;
             }
             Ok(VcpuExit::MmioRead { addr, data }) => {
+                ExitCounts::add(&counts.mmio_read);
                 buses.mmio.read(addr, data);
                 continue;
             }
             Ok(VcpuExit::MmioWrite { addr, data }) => {
+                ExitCounts::add(&counts.mmio_write);
                 buses.mmio.write(addr, data);
                 continue;
             }
-            Ok(VcpuExit::Interrupted) => continue,
-            Ok(VcpuExit::InternalError) => Next::Hook(Unhandled::InternalError),
+            Ok(VcpuExit::Interrupted) => {
+                ExitCounts::add(&counts.interrupted);
+                continue;
+            }
+            Ok(VcpuExit::InternalError) => {
+                ExitCounts::add(&counts.internal_error);
+                Next::Hook(Unhandled::InternalError)
+            }
             Ok(VcpuExit::WriteMsr { index, data, .. }) => {
+                ExitCounts::add(&counts.msr_write);
                 Next::Hook(Unhandled::WriteMsr { index, data })
             }
-            Ok(VcpuExit::Debug { pc, .. }) => Next::Hook(Unhandled::Breakpoint { pc }),
+            Ok(VcpuExit::Debug { pc, .. }) => {
+                ExitCounts::add(&counts.debug);
+                Next::Hook(Unhandled::Breakpoint { pc })
+            }
             Ok(VcpuExit::Hlt) => Next::Halted,
             Ok(VcpuExit::Shutdown) => Next::TripleFault,
             Ok(VcpuExit::SystemEvent(SystemEvent::Shutdown)) => Next::End(Outcome::PowerOff),
@@ -287,13 +336,14 @@ pub struct VcpuGroup {
 impl VcpuGroup {
     /// Starts each vCPU, with its exit hook if it has one, on a thread named `kvmkit-vcpu-N`. A
     /// vCPU whose guest ends the VM sends the outcome on `outcomes` and writes `wake`; a thread that
-    /// panics reports that as its outcome.
+    /// panics reports that as its outcome. Exits are counted in `counts`.
     pub fn spawn(
         vcpus: Vec<(Vcpu, Option<Box<dyn ExitHook>>)>,
         buses: Arc<Buses>,
         outcomes: Sender<Outcome>,
         wake: &EventFd,
         timeline: Arc<Timeline>,
+        counts: Arc<ExitCounts>,
     ) -> std::io::Result<Self> {
         install_kick_handler();
         let control = Arc::new(Control::default());
@@ -304,6 +354,7 @@ impl VcpuGroup {
         for (mut vcpu, mut hook) in vcpus {
             let (buses, control, outcomes) = (buses.clone(), control.clone(), outcomes.clone());
             let timeline = timeline.clone();
+            let counts = counts.clone();
             let wake = wake.try_clone()?;
             let id = vcpu.id();
             let spawned = std::thread::Builder::new()
@@ -315,7 +366,7 @@ impl VcpuGroup {
                     }
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         let hook = hook.as_mut().map(|h| h.as_mut() as &mut dyn ExitHook);
-                        run_loop(&mut vcpu, &buses, hook, &control)
+                        run_loop(&mut vcpu, &buses, hook, &control, &counts)
                     }));
                     drop(vcpu);
                     let outcome = match ran {

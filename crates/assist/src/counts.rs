@@ -80,6 +80,11 @@ impl Counts {
         Kind::ALL.iter().map(|&k| self.get(k)).sum()
     }
 
+    /// `(name, count)` for every kind, in report order.
+    pub fn all(&self) -> Vec<(&'static str, u64)> {
+        Kind::ALL.iter().map(|&k| (k.name(), self.get(k))).collect()
+    }
+
     /// `(name, count)` for every kind that ran at least once, in report order.
     pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
         Kind::ALL

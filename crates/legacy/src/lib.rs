@@ -10,7 +10,7 @@ mod serial;
 
 pub use boot_timer::BootTimer;
 pub use date::{CivilTime, civil_from_unix};
-pub use i8042::I8042;
+pub use i8042::{I8042, KeyError};
 pub use ospm::OspmProbe;
 pub use power::PowerRegisters;
 pub use rtc::Rtc;
@@ -32,6 +32,8 @@ pub const COM1: PortRange = PortRange {
 };
 /// COM1's interrupt line on the PIC/IOAPIC.
 pub const COM1_IRQ: u32 = 4;
+/// The i8042 keyboard's interrupt line.
+pub const I8042_IRQ: u32 = 1;
 /// The i8042 data port.
 pub const I8042_DATA: PortRange = PortRange { base: 0x60, len: 1 };
 /// The i8042 status/command port.

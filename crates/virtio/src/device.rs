@@ -43,6 +43,15 @@ pub enum ActivateError {
     Worker(#[source] std::io::Error),
 }
 
+/// What a device counts as it works (requests, bytes, errors), for the VMM's metrics. Counters only
+/// grow; readers take differences.
+pub trait DeviceCounters: Send + Sync + std::fmt::Debug {
+    /// The kind of device, as metrics name it (`block`, `net`, `entropy`).
+    fn kind(&self) -> &'static str;
+    /// Each counter's name and value.
+    fn counters(&self) -> Vec<(&'static str, u64)>;
+}
+
 /// A virtio device model: its identity, features, configuration space and queues.
 ///
 /// The transport owns the feature negotiation and status state machine and calls
@@ -71,4 +80,9 @@ pub trait VirtioDevice: Send {
 
     /// Stops the device (its workers, its queues) and returns it to the state before activation.
     fn reset(&mut self);
+
+    /// The device's counters, shared with whoever reports metrics; `None` if it keeps none.
+    fn counters(&self) -> Option<Arc<dyn DeviceCounters>> {
+        None
+    }
 }

@@ -3,6 +3,8 @@
 //! (`virtio_devices::BlockConfig`, `NetConfig`, `RngConfig`); [`devices`] parses them.
 
 pub mod devices;
+pub mod firecracker;
+pub mod resources;
 
 use std::path::PathBuf;
 
@@ -18,11 +20,11 @@ pub const DEFAULT_MEMORY: u64 = 256 << 20;
 pub enum Error {
     /// A size that does not parse.
     #[error(
-        "invalid memory size '{0}': expected a number with an optional K, M, G or T suffix, e.g. 256M"
+        "invalid memory size '{0}': expected a number with an optional K, M, G or T suffix (a bare number is MiB), e.g. 256M or size=256M"
     )]
     Size(String),
     /// A vCPU count that does not parse or is out of range.
-    #[error("invalid --cpus '{0}': expected a number of vCPUs from 1 to {1}")]
+    #[error("invalid --cpus '{0}': expected a number of vCPUs from 1 to {1}, or boot=N")]
     Cpus(String, u32),
     /// A `--serial` value that is not `stdio`, `off` or `file=PATH`.
     #[error("invalid --serial '{0}': expected stdio, off or file=PATH")]
@@ -146,9 +148,33 @@ pub fn parse_size(s: &str) -> Result<u64, Error> {
     n.checked_mul(1u64 << shift).ok_or_else(err)
 }
 
-/// Parses a vCPU count in `1..=max`.
+/// Parses `--memory`: a size ([`parse_size`]) or Cloud Hypervisor's `size=SIZE`. A bare number is
+/// MiB, as QEMU's `-m` and Firecracker's `mem_size_mib` read it.
+///
+/// ```
+/// use kvmkit::config::parse_memory;
+/// assert_eq!(parse_memory("512").unwrap(), 512 << 20);
+/// assert_eq!(parse_memory("size=2G").unwrap(), 2 << 30);
+/// assert_eq!(parse_memory("4096K").unwrap(), 4 << 20);
+/// assert!(parse_memory("size=2G,shared=on").is_err());
+/// ```
+pub fn parse_memory(s: &str) -> Result<u64, Error> {
+    let value = s.trim();
+    let value = value.strip_prefix("size=").unwrap_or(value);
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        let mib: u64 = value.parse().map_err(|_| Error::Size(s.to_owned()))?;
+        return mib
+            .checked_mul(1 << 20)
+            .ok_or_else(|| Error::Size(s.to_owned()));
+    }
+    parse_size(value).map_err(|_| Error::Size(s.to_owned()))
+}
+
+/// Parses a vCPU count in `1..=max`: `N`, or Cloud Hypervisor's `boot=N`.
 pub fn parse_cpus(s: &str, max: u32) -> Result<u32, Error> {
-    match s.trim().parse::<u32>() {
+    let value = s.trim();
+    let value = value.strip_prefix("boot=").unwrap_or(value);
+    match value.parse::<u32>() {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
         _ => Err(Error::Cpus(s.to_owned(), max)),
     }
@@ -170,7 +196,29 @@ mod tests {
     }
 
     #[test]
+    fn memory_sizes_take_mib_by_default_and_cloud_hypervisors_form() {
+        assert_eq!(parse_memory("256").unwrap(), 256 << 20);
+        assert_eq!(parse_memory("256M").unwrap(), 256 << 20);
+        assert_eq!(parse_memory("size=512M").unwrap(), 512 << 20);
+        assert_eq!(parse_memory("size=1024").unwrap(), 1 << 30);
+        assert_eq!(parse_memory("1G").unwrap(), 1 << 30);
+        for bad in [
+            "",
+            "size=",
+            "size=lots",
+            "-1",
+            "99999999999999999",
+            "2G,shared=on",
+        ] {
+            assert!(parse_memory(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn cpus_and_serial() {
+        assert_eq!(parse_cpus("boot=2", 254).unwrap(), 2);
+        assert!(parse_cpus("boot=0", 254).is_err());
+        assert!(parse_cpus("max=2", 254).is_err());
         assert_eq!(parse_cpus("4", 254).unwrap(), 4);
         assert!(parse_cpus("0", 254).is_err());
         assert!(parse_cpus("255", 254).is_err());

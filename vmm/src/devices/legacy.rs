@@ -1,6 +1,7 @@
-//! The legacy PC devices on the port bus: COM1 (its interrupt an irqfd), the i8042 (its reset line
-//! an eventfd), the CMOS RTC, the boot-timer port, and with ACPI the power registers and the OSPM
-//! probe. Each is described to the DSDT as it is placed.
+//! The legacy PC devices on the port bus: COM1 (its interrupt an irqfd), the i8042 and its keyboard
+//! (IRQ 1 an irqfd, the reset line an eventfd), the CMOS RTC, the boot-timer port, and with ACPI the
+//! power registers, the OSPM probe and the power button (a GED interrupt, an irqfd). Each is
+//! described to the DSDT as it is placed.
 
 use std::io::Write;
 use std::sync::atomic::AtomicBool;
@@ -10,7 +11,7 @@ use accel::EventFd;
 use bus::SharedDevice;
 use legacy::{
     ACPI_POWER, BOOT_TIMER, BootTimer, CMOS, COM1, COM1_IRQ, I8042, I8042_COMMAND, I8042_DATA,
-    OSPM_PROBE, OspmProbe, PortRange, PowerRegisters, Rtc, Serial,
+    I8042_IRQ, OSPM_PROBE, OspmProbe, PortRange, PowerRegisters, Rtc, Serial,
 };
 use machine::acpi::{IsaDevice, IsaKind, PowerPorts};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
@@ -28,6 +29,10 @@ pub struct Legacy {
     pub reset: EventFd,
     /// Written when the guest powers off (ACPI S5).
     pub power_off: EventFd,
+    /// The keyboard controller, to type on its keyboard.
+    pub i8042: Arc<Mutex<I8042>>,
+    /// Writing it presses the ACPI power button (with ACPI only).
+    pub power_button: Option<EventFd>,
     /// Set once the guest's console shows a kernel panic.
     pub panicked: Arc<AtomicBool>,
 }
@@ -65,17 +70,21 @@ pub fn place(
 
     let reset = eventfd()?;
     let clone = |e: &EventFd| e.try_clone().map_err(Error::EventFd);
-    let i8042: SharedDevice = Arc::new(Mutex::new(I8042::new(clone(&reset)?)));
+    let keyboard_irq = eventfd()?;
+    vm.register_irqfd(&keyboard_irq, I8042_IRQ)?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(clone(&reset)?, keyboard_irq)));
+    let shared: SharedDevice = i8042.clone();
+    // The DSDT names IRQ 1: a hardware-reduced ACPI kernel has no legacy ISA interrupts otherwise.
     dm.add_port(
-        i8042.clone(),
+        shared.clone(),
         I8042_DATA,
         Some(IsaDevice {
             kind: IsaKind::Keyboard,
             ports: vec![ports(I8042_DATA), ports(I8042_COMMAND)],
-            irq: None,
+            irq: Some(I8042_IRQ),
         }),
     )?;
-    dm.add_port(i8042, I8042_COMMAND, None)?;
+    dm.add_port(shared, I8042_COMMAND, None)?;
     dm.add_port(
         Arc::new(Mutex::new(Rtc::new())),
         CMOS,
@@ -90,7 +99,13 @@ pub fn place(
     dm.add_port(Arc::new(Mutex::new(boot_timer)), BOOT_TIMER, None)?;
 
     let power_off = eventfd()?;
+    let mut power_button = None;
     if dm.acpi {
+        let gsi = dm.allocator.irq()?;
+        let button = eventfd()?;
+        vm.register_irqfd(&button, gsi)?;
+        power_button = Some(button);
+        dm.power_button = Some(gsi);
         let power = PowerRegisters::new(clone(&power_off)?, clone(&reset)?);
         dm.add_port(Arc::new(Mutex::new(power)), ACPI_POWER, None)?;
         dm.power = Some(PowerPorts {
@@ -108,6 +123,8 @@ pub fn place(
         serial,
         reset,
         power_off,
+        i8042,
+        power_button,
         panicked,
     })
 }

@@ -25,7 +25,7 @@ use bus::{Bus, SharedDevice};
 use machine::acpi::{AcpiConfig, IsaDevice, MmioDevice, PowerPorts};
 use memory::Allocator;
 
-pub use self::catalog::add_configured;
+pub use self::catalog::{add_configured, disk_name};
 pub use self::legacy::{Legacy, place as place_legacy};
 pub use self::virtio::VirtioSlot;
 
@@ -76,6 +76,7 @@ pub struct DeviceManager {
     isa: Vec<IsaDevice>,
     power: Option<PowerPorts>,
     ospm_probe: Option<u16>,
+    power_button: Option<u32>,
     virtio: Vec<VirtioSlot>,
 }
 
@@ -90,6 +91,7 @@ impl DeviceManager {
             isa: Vec::new(),
             power: None,
             ospm_probe: None,
+            power_button: None,
             virtio: Vec::new(),
         }
     }
@@ -140,7 +142,20 @@ impl DeviceManager {
                 .collect(),
             power,
             ospm_probe: self.ospm_probe,
+            power_button: self.power_button,
         })
+    }
+
+    /// Each virtio device's counters, keyed `<kind>_<name>` (`block_vda`, `net_eth0`, ...), for
+    /// metrics.
+    pub fn counters(&self) -> Vec<(String, Arc<dyn ::virtio::DeviceCounters>)> {
+        self.virtio
+            .iter()
+            .filter_map(|s| {
+                let c = s.counters.clone()?;
+                Some((format!("{}_{}", c.kind(), s.name), c))
+            })
+            .collect()
     }
 
     /// The `virtio_mmio.device=` kernel parameters for the virtio devices: their windows without

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use accel::EventFd;
 use bus::SharedDevice;
 use virtio::mmio::{NOTIFY_OFFSET, WINDOW_SIZE};
-use virtio::{MmioAlias, MmioTransport, VirtioDevice};
+use virtio::{DeviceCounters, MmioAlias, MmioTransport, VirtioDevice};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
@@ -33,6 +33,8 @@ pub struct VirtioSlot {
     pub irq: u32,
     /// The transport, shared with the MMIO bus.
     pub transport: Arc<Mutex<MmioTransport>>,
+    /// What the device counts, for metrics.
+    pub counters: Option<Arc<dyn DeviceCounters>>,
 }
 
 impl std::fmt::Debug for VirtioSlot {
@@ -64,6 +66,7 @@ impl DeviceManager {
         device: Box<dyn VirtioDevice>,
     ) -> Result<&VirtioSlot, Error> {
         let device_type = device.device_type();
+        let counters = device.counters();
         let base = self.allocator.mmio(WINDOW_SIZE, WINDOW_SIZE)?;
         let alias = if self.acpi {
             Some(self.allocator.mmio(WINDOW_SIZE, WINDOW_SIZE)?)
@@ -95,6 +98,7 @@ impl DeviceManager {
             alias,
             irq,
             transport,
+            counters,
         });
         Ok(&self.virtio[self.virtio.len() - 1])
     }

@@ -8,6 +8,9 @@
 //!     Device (PS2_) { _HID PNP0303, _CRS { IO 0x60/1, IO 0x64/1 } }
 //!     Device (RTC_) { _HID PNP0B00, _CRS { IO 0x70/2 } }
 //!     Device (V000) { _HID "LNRO0005", _UID 0, _CCA 1, _CRS { Memory32Fixed, Interrupt } }  // virtio-mmio
+//!     Device (PWRB) { _HID PNP0C0C, _UID 0 }                                 // with a power button:
+//!     Device (GED_) { _HID "ACPI0013", _UID 0, _CRS { Interrupt (edge) { gsi } },
+//!                     Method (_EVT, 1) { Notify (PWRB, 0x80) } }
 //! }
 //! Name (\_S5, Package { 5 })
 //! ```
@@ -18,11 +21,15 @@
 //! With an OSPM probe port, `\_SB._INI` writes 1 to it: ACPICA runs `\_SB._INI` while it initializes
 //! the namespace, before it enumerates any device, so the VMM learns that the guest takes its devices
 //! from these tables (and can then hide the command-line descriptions of the same devices).
+//!
+//! With a power button, the VMM presses it by raising the GED's interrupt: Linux's GED driver runs
+//! `_EVT`, whose `Notify (PWRB, 0x80)` makes the ACPI button driver report KEY_POWER to user space,
+//! which shuts the guest down in order (systemd-logind, acpid, or an init that reads the key).
 
 use acpi_tables::Aml;
 use acpi_tables::aml::{
     self, Device, EISAName, Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, IO,
-    Interrupt, Memory32Fixed, Method, Name, OpRegion, OpRegionSpace, Package, Path,
+    Interrupt, Memory32Fixed, Method, Name, Notify, OpRegion, OpRegionSpace, Package, Path,
     ResourceTemplate, Scope, Store,
 };
 use acpi_tables::sdt::Sdt;
@@ -36,13 +43,20 @@ const VIRTIO_MMIO_HID: &str = "LNRO0005";
 /// The most virtio-mmio devices the `Vxxx` names can tell apart.
 pub const MAX_VIRTIO_MMIO: usize = 0x1000;
 
-/// The DSDT for `isa` and `virtio_mmio` devices, with `\_S5` giving `s5_sleep_type` and, with
-/// `ospm_probe`, a `\_SB._INI` that writes 1 to that port.
+/// The ACPI hardware id of the Generic Event Device.
+const GED_HID: &str = "ACPI0013";
+/// `Notify` value of a power button press (ACPI "status change").
+const NOTIFY_BUTTON_PRESSED: u8 = 0x80;
+
+/// The DSDT for `isa` and `virtio_mmio` devices, with `\_S5` giving `s5_sleep_type`; with
+/// `ospm_probe`, a `\_SB._INI` that writes 1 to that port; with `power_button`, a power button
+/// whose presses arrive on that GSI.
 pub fn build(
     isa: &[IsaDevice],
     virtio_mmio: &[MmioDevice],
     s5_sleep_type: u8,
     ospm_probe: Option<u16>,
+    power_button: Option<u32>,
 ) -> Result<Vec<u8>, Error> {
     if virtio_mmio.len() > MAX_VIRTIO_MMIO {
         return Err(Error::TooManyDevices(virtio_mmio.len()));
@@ -68,6 +82,9 @@ pub fn build(
     }
     for (i, dev) in virtio_mmio.iter().enumerate() {
         mmio_device(i, dev, &mut devices)?;
+    }
+    if let Some(gsi) = power_button {
+        power_button_devices(gsi, &mut devices);
     }
 
     let mut dsdt = Sdt::new(
@@ -134,6 +151,25 @@ fn isa_device(name: &str, dev: &IsaDevice, uid: u32, out: &mut Vec<u8>) {
     Device::new(Path::new(name), vec![&hid, &uid, &crs]).to_aml_bytes(out);
 }
 
+/// Appends the power button (`PWRB`) and the Generic Event Device whose interrupt, `gsi`, presses
+/// it, to `out`.
+fn power_button_devices(gsi: u32, out: &mut Vec<u8>) {
+    let hid = EISAName::new("PNP0C0C");
+    let hid = Name::new(Path::new("_HID"), &hid);
+    let uid = Name::new(Path::new("_UID"), &aml::ZERO);
+    Device::new(Path::new("PWRB"), vec![&hid, &uid]).to_aml_bytes(out);
+
+    let hid: &dyn Aml = &GED_HID;
+    let hid = Name::new(Path::new("_HID"), hid);
+    let irq = Interrupt::new(true, true, false, false, gsi);
+    let crs = ResourceTemplate::new(vec![&irq]);
+    let crs = Name::new(Path::new("_CRS"), &crs);
+    let pwrb = Path::new("PWRB");
+    let notify = Notify::new(&pwrb, &NOTIFY_BUTTON_PRESSED);
+    let evt = Method::new(Path::new("_EVT"), 1, true, vec![&notify]);
+    Device::new(Path::new("GED_"), vec![&hid, &uid, &crs, &evt]).to_aml_bytes(out);
+}
+
 /// Appends `Device (Vxxx)` for virtio-mmio device `index` to `out`.
 fn mmio_device(index: usize, dev: &MmioDevice, out: &mut Vec<u8>) -> Result<(), Error> {
     let base = u32::try_from(dev.base)
@@ -171,7 +207,7 @@ mod tests {
 
     #[test]
     fn table_header_length_and_checksum_are_right() {
-        let t = build(&[serial()], &[], 5, None).unwrap();
+        let t = build(&[serial()], &[], 5, None, None).unwrap();
         assert_eq!(&t[..4], b"DSDT");
         assert_eq!(
             u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize,
@@ -182,7 +218,7 @@ mod tests {
 
     #[test]
     fn serial_port_has_its_id_ports_and_irq() {
-        let t = build(&[serial()], &[], 5, None).unwrap();
+        let t = build(&[serial()], &[], 5, None, None).unwrap();
         assert!(contains(&t, b"COM1"));
         // EISA id PNP0501, compressed: 0x41d0_0501.
         assert!(contains(&t, &[0x0c, 0x41, 0xd0, 0x05, 0x01]));
@@ -209,7 +245,7 @@ mod tests {
                 irq: 6,
             },
         ];
-        let t = build(&[], &devs, 5, None).unwrap();
+        let t = build(&[], &devs, 5, None, None).unwrap();
         assert!(contains(&t, b"V000") && contains(&t, b"V001"));
         assert!(contains(&t, b"LNRO0005\0"));
         // Memory32Fixed: read-write, base 0xd0001000, length 0x1000.
@@ -224,7 +260,7 @@ mod tests {
 
     #[test]
     fn s5_package_carries_the_sleep_type() {
-        let t = build(&[], &[], 5, None).unwrap();
+        let t = build(&[], &[], 5, None, None).unwrap();
         // NameOp '\' "_S5_" PackageOp len=4 count=1 BytePrefix 5
         assert!(contains(
             &t,
@@ -236,7 +272,7 @@ mod tests {
 
     #[test]
     fn the_ospm_probe_writes_one_to_its_port_from_sb_ini() {
-        let t = build(&[], &[], 5, Some(0x603)).unwrap();
+        let t = build(&[], &[], 5, Some(0x603), None).unwrap();
         // OperationRegion (KVMK, SystemIO, 0x603, One): ExtOp RegionOp "KVMK" space 1, WordConst.
         assert!(contains(
             &t,
@@ -247,7 +283,22 @@ mod tests {
         // Method (_INI, 0) { Store (One, OSPM) }: StoreOp One "OSPM".
         assert!(contains(&t, b"_INI"));
         assert!(contains(&t, &[0x70, 0x01, b'O', b'S', b'P', b'M']));
-        assert!(!contains(&build(&[], &[], 5, None).unwrap(), b"_INI"));
+        assert!(!contains(&build(&[], &[], 5, None, None).unwrap(), b"_INI"));
+    }
+
+    #[test]
+    fn a_power_button_is_a_ged_interrupt_that_notifies_pwrb() {
+        let t = build(&[], &[], 5, None, Some(9)).unwrap();
+        assert!(contains(&t, b"PWRB") && contains(&t, b"GED_"));
+        assert!(contains(&t, b"ACPI0013\0"));
+        // EISA id PNP0C0C, compressed: 0x41d0_0c0c.
+        assert!(contains(&t, &[0x0c, 0x41, 0xd0, 0x0c, 0x0c]));
+        // Its interrupt: consumer, edge, active high, exclusive, GSI 9.
+        assert!(contains(&t, &[0x89, 0x06, 0x00, 0x03, 0x01, 9, 0, 0, 0]));
+        // Method (_EVT, 1, Serialized) { Notify (PWRB, 0x80) }: flags 0x09, NotifyOp "PWRB" 0x80.
+        assert!(contains(&t, b"_EVT\x09"));
+        assert!(contains(&t, &[0x86, b'P', b'W', b'R', b'B', 0x0a, 0x80]));
+        assert!(!contains(&build(&[], &[], 5, None, None).unwrap(), b"GED_"));
     }
 
     #[test]
@@ -258,7 +309,7 @@ mod tests {
             irq: 5,
         };
         assert!(matches!(
-            build(&[], &[high], 5, None),
+            build(&[], &[high], 5, None, None),
             Err(Error::MmioAbove4G(_))
         ));
         let wrap = MmioDevice {
@@ -267,12 +318,12 @@ mod tests {
             irq: 5,
         };
         assert!(matches!(
-            build(&[], &[wrap], 5, None),
+            build(&[], &[wrap], 5, None, None),
             Err(Error::MmioAbove4G(_))
         ));
         let many: Vec<IsaDevice> = (0..10).map(|_| serial()).collect();
         assert!(matches!(
-            build(&many, &[], 5, None),
+            build(&many, &[], 5, None, None),
             Err(Error::TooManyDevices(10))
         ));
     }

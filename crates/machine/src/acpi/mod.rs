@@ -135,6 +135,8 @@ pub struct AcpiConfig {
     /// interpreter reads these tables (before it enumerates their devices); `None` for no such
     /// method.
     pub ospm_probe: Option<u16>,
+    /// The GSI of the power button's Generic Event Device, if the machine has a power button.
+    pub power_button: Option<u32>,
 }
 
 /// Builds the tables for `config`, writes them to guest memory at [`ACPI_START`], and returns the
@@ -145,6 +147,7 @@ pub fn write(mem: &GuestMemoryMmap, config: &AcpiConfig) -> Result<u64, Error> {
         &config.virtio_mmio,
         config.power.s5_sleep_type,
         config.ospm_probe,
+        config.power_button,
     )?;
     let madt = madt::build(config.cpus)?;
 
@@ -240,6 +243,7 @@ mod tests {
                 s5_sleep_type: 5,
             },
             ospm_probe: None,
+            power_button: None,
         }
     }
 

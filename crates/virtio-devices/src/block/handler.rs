@@ -3,14 +3,60 @@
 //! write the status byte.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use virtio::ChainHandler;
+use virtio::{ChainHandler, DeviceCounters};
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::disk::DiskImage;
 use super::execute::{STATUS_IOERR, STATUS_OK, execute};
-use super::request::parse;
+use super::request::{RequestType, parse};
+
+/// What a disk served, for metrics. Counters only grow.
+#[derive(Debug, Default)]
+pub struct BlockStats {
+    /// Read requests done.
+    pub reads: AtomicU64,
+    /// Bytes read.
+    pub read_bytes: AtomicU64,
+    /// Write requests done.
+    pub writes: AtomicU64,
+    /// Bytes written.
+    pub write_bytes: AtomicU64,
+    /// Flushes done.
+    pub flushes: AtomicU64,
+    /// Requests that failed on the image (I/O errors, out of range, read-only).
+    pub failed: AtomicU64,
+    /// Requests too malformed to carry out.
+    pub invalid: AtomicU64,
+}
+
+impl BlockStats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl DeviceCounters for BlockStats {
+    fn kind(&self) -> &'static str {
+        "block"
+    }
+
+    /// Named as Firecracker's `block` metrics.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("read_count", get(&self.reads)),
+            ("read_bytes", get(&self.read_bytes)),
+            ("write_count", get(&self.writes)),
+            ("write_bytes", get(&self.write_bytes)),
+            ("flush_count", get(&self.flushes)),
+            ("execute_fails", get(&self.failed)),
+            ("invalid_reqs_count", get(&self.invalid)),
+        ]
+    }
+}
 
 /// Answers virtio-blk requests on one disk image.
 #[derive(Debug)]
@@ -18,6 +64,7 @@ pub struct Requests {
     name: String,
     disk: Arc<DiskImage>,
     serial: Vec<u8>,
+    stats: Arc<BlockStats>,
 }
 
 impl Requests {
@@ -27,6 +74,28 @@ impl Requests {
             name: name.to_owned(),
             disk,
             serial,
+            stats: Arc::default(),
+        }
+    }
+
+    /// The same, counting into `stats`.
+    pub fn counting(self, stats: Arc<BlockStats>) -> Self {
+        Self { stats, ..self }
+    }
+
+    fn count(&self, kind: RequestType, bytes: u64) {
+        let s = &self.stats;
+        match kind {
+            RequestType::In => {
+                BlockStats::add(&s.reads, 1);
+                BlockStats::add(&s.read_bytes, bytes);
+            }
+            RequestType::Out => {
+                BlockStats::add(&s.writes, 1);
+                BlockStats::add(&s.write_bytes, bytes);
+            }
+            RequestType::Flush => BlockStats::add(&s.flushes, 1),
+            _ => {}
         }
     }
 }
@@ -37,8 +106,12 @@ impl ChainHandler for Requests {
         match parse(chain, mem) {
             Ok(req) => {
                 let (status, written) = match execute(&req, mem, &self.disk, &self.serial) {
-                    Ok(n) => (STATUS_OK, n),
+                    Ok(n) => {
+                        self.count(req.kind, req.data_len);
+                        (STATUS_OK, n)
+                    }
                     Err(e) => {
+                        BlockStats::add(&self.stats.failed, 1);
                         log::warn!(
                             "{}: {:?} request at sector {}: {e}",
                             self.name,
@@ -52,11 +125,13 @@ impl ChainHandler for Requests {
                 written.saturating_add(1)
             }
             Err((e, Some(status))) => {
+                BlockStats::add(&self.stats.invalid, 1);
                 log::warn!("{}: malformed request: {e}", self.name);
                 self.write_status(mem, status, STATUS_IOERR);
                 1
             }
             Err((e, None)) => {
+                BlockStats::add(&self.stats.invalid, 1);
                 log::warn!("{}: malformed request dropped: {e}", self.name);
                 0
             }

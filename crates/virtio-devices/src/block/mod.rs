@@ -11,7 +11,7 @@ pub mod execute;
 mod handler;
 pub mod request;
 
-pub use handler::Requests;
+pub use handler::{BlockStats, Requests};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +53,7 @@ pub struct Block {
     serial: Vec<u8>,
     features: u64,
     config: [u8; CONFIG_SIZE],
+    stats: Arc<BlockStats>,
     worker: Option<Worker>,
 }
 
@@ -107,6 +108,7 @@ impl Block {
             serial,
             features,
             config: cfg,
+            stats: Arc::default(),
             worker: None,
         })
     }
@@ -142,7 +144,8 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        let requests = Requests::new(&self.name, self.disk.clone(), self.serial.clone());
+        let requests = Requests::new(&self.name, self.disk.clone(), self.serial.clone())
+            .counting(self.stats.clone());
         self.worker = Some(virtio::start_worker(&self.name, a, requests)?);
         Ok(())
     }
@@ -150,6 +153,10 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         // Dropping the worker stops its thread and waits for it.
         self.worker = None;
+    }
+
+    fn counters(&self) -> Option<Arc<dyn virtio::DeviceCounters>> {
+        Some(self.stats.clone())
     }
 }
 

@@ -38,7 +38,7 @@ use virtio_bindings::virtio_net::{
 };
 
 pub use mac::MacAddr;
-pub use tap::Tap;
+pub use tap::{Tap, exists as tap_exists};
 
 /// The receive queue's index.
 pub const RX_QUEUE: u16 = 0;
@@ -285,6 +285,28 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.worker = None;
+    }
+
+    fn counters(&self) -> Option<Arc<dyn virtio::DeviceCounters>> {
+        Some(self.stats.clone())
+    }
+}
+
+impl virtio::DeviceCounters for NetStats {
+    fn kind(&self) -> &'static str {
+        "net"
+    }
+
+    /// Named as Firecracker's `net` metrics where it has the same counter.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("rx_packets_count", Self::get(&self.rx_frames)),
+            ("rx_bytes_count", Self::get(&self.rx_bytes)),
+            ("rx_fails", Self::get(&self.rx_dropped)),
+            ("tx_packets_count", Self::get(&self.tx_frames)),
+            ("tx_bytes_count", Self::get(&self.tx_bytes)),
+            ("tx_fails", Self::get(&self.tx_dropped)),
+        ]
     }
 }
 

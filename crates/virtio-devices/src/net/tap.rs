@@ -181,7 +181,7 @@ impl Tap {
 
 /// Whether an interface `name` exists in the caller's network namespace. Opening a tap that does
 /// not exist would create it, which kvmkit never does.
-fn exists(name: &str) -> bool {
+pub fn exists(name: &str) -> bool {
     let Ok(c_name) = std::ffi::CString::new(name) else {
         return false;
     };

@@ -10,9 +10,12 @@
 //! This file is also the smallest complete device model in kvmkit: the pattern to copy for a new
 //! one (docs/architecture.md, "Adding a device").
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use virtio::{
-    ActivateError, Activation, ChainHandler, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, Worker,
+    ActivateError, Activation, ChainHandler, DeviceCounters, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, Worker,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::DescriptorChain;
@@ -38,11 +41,34 @@ impl Default for RngConfig {
     }
 }
 
+/// What the device served, for metrics. Counters only grow.
+#[derive(Debug, Default)]
+pub struct RngStats {
+    /// Requests (descriptor chains) answered.
+    pub requests: AtomicU64,
+    /// Random bytes written to the guest.
+    pub bytes: AtomicU64,
+}
+
+impl DeviceCounters for RngStats {
+    fn kind(&self) -> &'static str {
+        "entropy"
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("entropy_rq_count", self.requests.load(Ordering::Relaxed)),
+            ("entropy_bytes", self.bytes.load(Ordering::Relaxed)),
+        ]
+    }
+}
+
 /// A virtio-rng device.
 #[derive(Debug)]
 pub struct Rng {
     name: String,
     max_request: u32,
+    stats: Arc<RngStats>,
     worker: Option<Worker>,
 }
 
@@ -52,6 +78,7 @@ impl Rng {
         Self {
             name: name.to_owned(),
             max_request: config.max_request.max(1),
+            stats: Arc::default(),
             worker: None,
         }
     }
@@ -79,6 +106,7 @@ impl VirtioDevice for Rng {
         let entropy = Entropy {
             name: self.name.clone(),
             max_request: self.max_request,
+            stats: self.stats.clone(),
             buf: Vec::new(),
         };
         self.worker = Some(virtio::start_worker(&self.name, a, entropy)?);
@@ -88,6 +116,10 @@ impl VirtioDevice for Rng {
     fn reset(&mut self) {
         self.worker = None;
     }
+
+    fn counters(&self) -> Option<Arc<dyn DeviceCounters>> {
+        Some(self.stats.clone())
+    }
 }
 
 /// Answers entropy requests: fills each chain's buffers with random bytes.
@@ -95,6 +127,7 @@ impl VirtioDevice for Rng {
 struct Entropy {
     name: String,
     max_request: u32,
+    stats: Arc<RngStats>,
     /// The random bytes of the buffer being filled.
     buf: Vec<u8>,
 }
@@ -131,6 +164,10 @@ impl ChainHandler for Entropy {
             }
             written += want;
         }
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes
+            .fetch_add(u64::from(written), Ordering::Relaxed);
         written
     }
 }

@@ -1,0 +1,169 @@
+//! Starting a VM from its configuration, and seeing it to its end: what kvmkit does once it knows
+//! what to boot, whether the command line, a config file or the API said so.
+//!
+//! [`launch`] builds the VM (memory, devices, vCPUs), loads the kernel and starts the vCPU threads
+//! and the event loop; [`finish`] waits for the VM to end, restores the terminal, reports how it
+//! ended and returns the exit code.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::Arc;
+
+use assist::Assist;
+
+use crate::config::{SerialMode, VmConfig};
+use crate::outcome::{EXIT_BAD_INPUT, EXIT_GUEST_ERROR};
+use crate::run::{self, Input, RunningVm};
+use crate::terminal::RawModeGuard;
+use crate::timeline::Timeline;
+use crate::vm::{self, Vm};
+
+/// Why a VM could not be started, and the exit code that says so.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct LaunchError {
+    /// 2 for the user's input (files, sizes), 1 for the host (KVM, threads).
+    pub code: i32,
+    /// One line.
+    pub message: String,
+}
+
+impl LaunchError {
+    fn new(code: i32, e: &dyn std::fmt::Display) -> Self {
+        Self {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A VM that runs: its controls, and what [`finish`] needs at the end.
+#[derive(Debug)]
+pub struct Launched {
+    /// The VM.
+    pub running: RunningVm,
+    assist: Option<Arc<Assist>>,
+    raw: Option<RawModeGuard>,
+}
+
+/// The exit code for an error building the VM: bad input files and sizes are the user's (2), the
+/// rest (KVM, the host) are 1.
+fn build_error_code(e: &vm::Error) -> i32 {
+    use crate::devices::Error as D;
+    use machine::Error as M;
+    use memory::Error as R;
+    match e {
+        vm::Error::Memory(R::TooSmall(_) | R::TooLarge(_) | R::Unaligned(_)) => EXIT_BAD_INPUT,
+        vm::Error::Accel(accel::Error::VcpuId { .. }) => EXIT_BAD_INPUT,
+        vm::Error::Devices(D::Disk(_) | D::Net(_)) => EXIT_BAD_INPUT,
+        vm::Error::Machine(
+            M::Open { .. }
+            | M::KernelFormat(_)
+            | M::KernelLoad { .. }
+            | M::InitramfsTooLarge { .. }
+            | M::Cmdline(_),
+        ) => EXIT_BAD_INPUT,
+        _ => EXIT_GUEST_ERROR,
+    }
+}
+
+fn host_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
+}
+
+fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, LaunchError> {
+    Ok(match mode {
+        SerialMode::Stdio => Box::new(std::io::stdout()),
+        SerialMode::Off => Box::new(std::io::sink()),
+        SerialMode::File(path) => match OpenOptions::new().create(true).append(true).open(path) {
+            Ok(f) => Box::new(f),
+            Err(e) => {
+                return Err(LaunchError::new(
+                    EXIT_BAD_INPUT,
+                    &format_args!("cannot open serial output {}: {e}", path.display()),
+                ));
+            }
+        },
+    })
+}
+
+/// Builds the VM `config` describes, loads its kernel and starts it.
+pub fn launch(config: &VmConfig, timeline: Arc<Timeline>) -> Result<Launched, LaunchError> {
+    if let Some(host) = host_memory()
+        && config.machine.memory > host
+    {
+        return Err(LaunchError::new(
+            EXIT_BAD_INPUT,
+            &crate::config::Error::MoreThanHost(config.machine.memory, host),
+        ));
+    }
+    let serial_out = serial_output(&config.serial)?;
+    let mut vm = Vm::new(&config.machine, &config.devices, serial_out, timeline)
+        .map_err(|e| LaunchError::new(build_error_code(&e), &e))?;
+    // On a software KVM backend the guest must be told which instructions to avoid.
+    let software_kvm = vm.is_software_kvm();
+    let (cmdline, added) = if software_kvm {
+        crate::software_kvm::with_backend_flags(&config.boot.cmdline)
+    } else {
+        (config.boot.cmdline.clone(), Vec::new())
+    };
+    let spec = machine::BootSpec {
+        kernel: &config.boot.kernel,
+        initramfs: config.boot.initramfs.as_deref(),
+        cmdline: &cmdline,
+    };
+    vm.load_linux(&spec)
+        .map_err(|e| LaunchError::new(build_error_code(&e), &e))?;
+    let assist = vm.assist().cloned();
+    if software_kvm {
+        eprintln!(
+            "kvmkit: /dev/kvm is a software backend (kvm_pvm); instruction assist {}; guest command line additions: {}",
+            if assist.is_some() { "on" } else { "off" },
+            if added.is_empty() {
+                "none needed".to_owned()
+            } else {
+                added.join(" ")
+            }
+        );
+    }
+    let (input, raw) = match config.serial {
+        SerialMode::Stdio => (Input::Stdin, RawModeGuard::new()),
+        _ => (Input::None, None),
+    };
+    let running = run::start(vm, input).map_err(|e| LaunchError::new(EXIT_GUEST_ERROR, &e))?;
+    Ok(Launched {
+        running,
+        assist,
+        raw,
+    })
+}
+
+/// Waits for `launched` to end; restores the terminal, prints the assist counts and the outcome,
+/// and returns the exit code.
+pub fn finish(launched: Launched) -> i32 {
+    let Launched {
+        running,
+        assist,
+        raw,
+    } = launched;
+    let timeline = running.timeline().clone();
+    let outcome = running.wait();
+    drop(raw);
+    if let Some(assist) = assist {
+        eprintln!("kvmkit: instruction assists: {}", assist.counts());
+        timeline.set_assists(assist.counts().nonzero());
+    }
+    match outcome {
+        Ok(outcome) => {
+            eprintln!("kvmkit: {outcome}");
+            outcome.exit_code()
+        }
+        Err(e) => {
+            eprintln!("kvmkit: error: {e}");
+            EXIT_GUEST_ERROR
+        }
+    }
+}
