@@ -1,6 +1,7 @@
-//! The kvmkit command line: bad flags, bad sizes and unusable kernel, initramfs or disk files, and taps
-//! that are missing or not kvmkit's to open, give one line on stderr and exit code 2; --help and
-//! --version exit 0. (The tap kvmkit may not open needs root to set up: a network namespace.)
+//! The kvmkit command line: bad flags, bad sizes, unusable kernel, initramfs or disk files, taps that
+//! are missing or not kvmkit's to open, config files kvmkit cannot use and API socket paths it cannot
+//! take give one line on stderr and exit code 2; --help and --version exit 0. (The tap kvmkit may not
+//! open needs root to set up: a network namespace.)
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -216,4 +217,79 @@ fn network_cards_kvmkit_cannot_use() {
         "cannot attach to tap 'kuser0': Operation not permitted",
     );
     assert_bad_input(&out, "belongs to another user");
+}
+
+#[test]
+fn config_files_and_api_sockets_kvmkit_cannot_use() {
+    let file = scratch(
+        "vm.json",
+        br#"{"boot-source": {"kernel_image_path": "/k"}, "drives": 3}"#,
+    );
+    assert_bad_input(
+        &kvmkit(&["--config-file", s(&file)]),
+        &format!("config file {}: drives: invalid type", s(&file)),
+    );
+    let file = scratch(
+        "vm2.json",
+        br#"{"boot-source": {"kernel_image_path": "/nonexistent/vmlinux"}}"#,
+    );
+    assert_bad_input(&kvmkit(&["--config-file", s(&file)]), "cannot be opened");
+    let k = scratch("cfg-k", b"x");
+    let file = scratch(
+        "vm3.json",
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "vsock": {{"guest_cid": 3}}}}"#,
+            s(&k)
+        )
+        .as_bytes(),
+    );
+    assert_bad_input(
+        &kvmkit(&["--config-file", s(&file)]),
+        "vsock is not supported by kvmkit",
+    );
+    assert_bad_input(
+        &kvmkit(&["--config-file", "/nonexistent/vm.json"]),
+        "config file /nonexistent/vm.json",
+    );
+    assert_bad_input(
+        &kvmkit(&["--config-file", s(&file), "--kernel", "k"]),
+        "cannot be used with",
+    );
+    // Something that is not a socket at the API's path.
+    let not_a_socket = scratch("not-a-socket", b"x");
+    assert_bad_input(
+        &kvmkit(&["--api-sock", s(&not_a_socket)]),
+        "the path exists and is not a socket",
+    );
+    assert!(
+        not_a_socket.exists(),
+        "a file that is not ours is left alone"
+    );
+}
+
+#[test]
+fn a_stop_signal_while_waiting_for_the_api_removes_the_socket() {
+    let sock = std::env::temp_dir().join(format!("kvmkit-cli-{}-wait.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvmkit-e2e"))
+        .arg("--api-sock")
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(std::time::Instant::now() < deadline, "no socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (status, body) = kvmkit::api::client::call(&sock, "GET", "/", None).unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("\"state\":\"Not started\""), "{body}");
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child, not reaped yet.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    assert!(!sock.exists(), "the socket is removed");
 }

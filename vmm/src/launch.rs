@@ -130,7 +130,9 @@ pub fn launch(config: &VmConfig, timeline: Arc<Timeline>) -> Result<Launched, La
         );
     }
     let (input, raw) = match config.serial {
-        SerialMode::Stdio => (Input::Stdin, RawModeGuard::new()),
+        SerialMode::Stdio if !crate::terminal::stdin_is_background_terminal() => {
+            (Input::Stdin, RawModeGuard::new())
+        }
         _ => (Input::None, None),
     };
     let running = run::start(vm, input).map_err(|e| LaunchError::new(EXIT_GUEST_ERROR, &e))?;

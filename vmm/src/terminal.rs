@@ -46,6 +46,18 @@ fn is_tty(fd: i32) -> bool {
     unsafe { libc::isatty(fd) == 1 }
 }
 
+/// True if stdin is a terminal whose foreground is another process group: kvmkit was started in
+/// the background of a shell (`kvmkit --api-sock S &`). Reading that terminal, or changing its mode,
+/// would stop kvmkit (SIGTTIN, SIGTTOU), so the console then takes no input.
+pub fn stdin_is_background_terminal() -> bool {
+    if !is_tty(0) {
+        return false;
+    }
+    // SAFETY: tcgetpgrp and getpgrp only query the terminal and the process; no memory is passed.
+    let (foreground, own) = unsafe { (libc::tcgetpgrp(0), libc::getpgrp()) };
+    foreground != own
+}
+
 fn install_restorers() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
