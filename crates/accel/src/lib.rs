@@ -3,6 +3,7 @@
 mod exit;
 mod kick;
 mod kvm;
+mod state;
 mod vcpu;
 mod vm;
 pub mod x86;
@@ -10,6 +11,7 @@ pub mod x86;
 pub use exit::{InternalError, SystemEvent, VcpuExit};
 pub use kick::{KickBinding, kick_current_thread};
 pub use kvm::{Kvm, REQUIRED_CAPS};
+pub use state::{VcpuState, VmState};
 pub use vcpu::Vcpu;
 pub use vm::{IrqChip, Vm};
 
