@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod run;
 pub mod signals;
+pub mod snapshot;
 pub mod software_kvm;
 pub mod terminal;
 pub mod timeline;

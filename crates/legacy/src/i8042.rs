@@ -73,6 +73,21 @@ pub enum KeyError {
     BufferFull,
 }
 
+/// The controller's and its keyboard's state, for snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042State {
+    /// The configuration byte.
+    pub control: u8,
+    /// Whether the last write was to the command port.
+    pub last_was_command: bool,
+    /// Bytes waiting for the guest, and whether each came from the keyboard.
+    pub output: Vec<(u8, bool)>,
+    /// A controller command waiting for its data byte.
+    pub pending: Option<u8>,
+    /// A keyboard command waiting for its argument.
+    pub keyboard_pending: Option<u8>,
+}
+
 /// Who put a byte in the output buffer: the controller answering a command (no interrupt, the
 /// driver polls for it) or the keyboard (raises IRQ 1 when the guest enabled it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +139,44 @@ impl I8042 {
     /// How many times the guest asked for a CPU reset.
     pub fn resets(&self) -> u64 {
         self.resets
+    }
+
+    /// The state as the guest left it.
+    pub fn state(&self) -> I8042State {
+        I8042State {
+            control: self.control,
+            last_was_command: self.last_was_command,
+            output: self
+                .output
+                .iter()
+                .map(|&(b, s)| (b, s == Source::Keyboard))
+                .collect(),
+            pending: self.pending,
+            keyboard_pending: self.kbd_pending,
+        }
+    }
+
+    /// Puts `state` back (at most [`OUTPUT_CAPACITY`] waiting bytes are kept).
+    pub fn restore(&mut self, state: &I8042State) {
+        self.control = state.control;
+        self.last_was_command = state.last_was_command;
+        self.output = state
+            .output
+            .iter()
+            .take(OUTPUT_CAPACITY)
+            .map(|&(b, k)| {
+                (
+                    b,
+                    if k {
+                        Source::Keyboard
+                    } else {
+                        Source::Controller
+                    },
+                )
+            })
+            .collect();
+        self.pending = state.pending;
+        self.kbd_pending = state.keyboard_pending;
     }
 
     /// Types Ctrl-Alt-Del: the keys go down, then up, in scan-code set 2 (untranslated, what a
@@ -450,6 +503,26 @@ mod tests {
             d.write(DATA, KBD_IDENTIFY);
         }
         assert_eq!(d.drain().len(), OUTPUT_CAPACITY);
+    }
+
+    #[test]
+    fn a_restored_controller_has_the_saved_ones_bytes_and_configuration() {
+        let mut a = dev();
+        a.write(CMD, CMD_WRITE_CTR);
+        a.write(DATA, CTR_SYSTEM_FLAG | CTR_KBD_INT | 0x40);
+        a.write(DATA, KBD_SET_LEDS); // an argument is now pending
+        a.d.ctrl_alt_del().unwrap(); // after the ACK, keys the guest has not read
+        let state: I8042State =
+            serde_json::from_str(&serde_json::to_string(&a.d.state()).unwrap()).unwrap();
+        let mut b = dev();
+        b.d.restore(&state);
+        assert_eq!(b.d.state(), state);
+        assert_eq!(b.read(DATA), KBD_ACK);
+        assert_eq!(b.read(DATA), 0x14, "Ctrl, the first key not read yet");
+        b.write(CMD, CMD_READ_CTR);
+        assert_eq!(b.read(DATA), CTR_SYSTEM_FLAG | CTR_KBD_INT | 0x40);
+        b.write(DATA, 0x07); // the LEDs' argument: acknowledged
+        assert_eq!(b.drain(), [KBD_ACK]);
     }
 
     #[test]

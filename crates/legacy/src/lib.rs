@@ -10,11 +10,11 @@ mod serial;
 
 pub use boot_timer::BootTimer;
 pub use date::{CivilTime, civil_from_unix};
-pub use i8042::{I8042, KeyError};
+pub use i8042::{I8042, I8042State, KeyError};
 pub use ospm::OspmProbe;
 pub use power::PowerRegisters;
-pub use rtc::Rtc;
-pub use serial::{EventFdTrigger, Serial};
+pub use rtc::{Rtc, RtcState};
+pub use serial::{EventFdTrigger, Serial, SerialState};
 
 /// Where a legacy PC device lives: its first port and how many ports it decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,6 +31,15 @@ const D_VRT: u8 = 0x80;
 /// A source of Unix time in seconds.
 pub type Clock = Box<dyn Fn() -> i64 + Send>;
 
+/// The RTC's index register and CMOS RAM, for snapshots (the time is the host's at any moment).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RtcState {
+    /// The selected register.
+    pub index: u8,
+    /// The 128 bytes of CMOS RAM and clock registers.
+    pub cmem: Vec<u8>,
+}
+
 /// The CMOS RTC at ports 0x70 (index) and 0x71 (data). The time registers show the host's UTC time;
 /// the other 114 bytes are CMOS RAM the guest may use. Guest writes to the clock are accepted and
 /// ignored (the guest cannot set the host's clock), as with other VMMs.
@@ -73,6 +82,21 @@ impl Rtc {
             cmem,
             clock,
         }
+    }
+
+    /// The index register and CMOS RAM.
+    pub fn state(&self) -> RtcState {
+        RtcState {
+            index: self.index,
+            cmem: self.cmem.to_vec(),
+        }
+    }
+
+    /// Puts `state` back (a CMOS image of another size is cut or padded to 128 bytes).
+    pub fn restore(&mut self, state: &RtcState) {
+        self.index = state.index & 0x7f;
+        let n = state.cmem.len().min(self.cmem.len());
+        self.cmem[..n].copy_from_slice(&state.cmem[..n]);
     }
 
     fn encode(&self, value: u8) -> u8 {
@@ -164,6 +188,27 @@ mod tests {
         assert_eq!(reg(&mut rtc, REG_B) & (B_BINARY | B_24H), B_BINARY | B_24H);
         assert_eq!(reg(&mut rtc, REG_SECONDS), 56);
         assert_eq!(reg(&mut rtc, REG_YEAR), 26);
+    }
+
+    #[test]
+    fn a_restored_rtc_has_the_guests_cmos_bytes_and_binary_mode() {
+        let mut a = Rtc::with_clock(Box::new(|| 1_796_042_096));
+        a.write(0x70, 0, &[0x40]);
+        a.write(0x70, 1, &[0xab]);
+        a.write(0x70, 0, &[REG_B]);
+        a.write(0x70, 1, &[B_BINARY]);
+        let state: RtcState =
+            serde_json::from_str(&serde_json::to_string(&a.state()).unwrap()).unwrap();
+        let mut b = Rtc::with_clock(Box::new(|| 1_796_042_096));
+        b.restore(&state);
+        assert_eq!(b.state(), state);
+        assert_eq!(reg(&mut b, 0x40), 0xab);
+        assert_eq!(reg(&mut b, REG_SECONDS), 56, "binary, as the guest set it");
+        b.restore(&RtcState {
+            index: 0xff,
+            cmem: vec![1; 300],
+        });
+        assert_eq!(b.state().cmem.len(), 128, "a bad image is cut to size");
     }
 
     #[test]

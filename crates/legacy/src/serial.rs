@@ -19,6 +19,29 @@ impl vm_superio::Trigger for EventFdTrigger {
 
 type Uart = vm_superio::Serial<EventFdTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>;
 
+/// A UART's registers and receive FIFO, for snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialState {
+    /// Divisor latch, low and high bytes.
+    pub divisor: [u8; 2],
+    /// Interrupt enable register.
+    pub interrupt_enable: u8,
+    /// Interrupt identification register.
+    pub interrupt_identification: u8,
+    /// Line control register.
+    pub line_control: u8,
+    /// Line status register.
+    pub line_status: u8,
+    /// Modem control register.
+    pub modem_control: u8,
+    /// Modem status register.
+    pub modem_status: u8,
+    /// Scratch register.
+    pub scratch: u8,
+    /// Received bytes the guest has not read.
+    pub receive_fifo: Vec<u8>,
+}
+
 /// A 16550A UART. What the guest transmits goes to `out`; [`Serial::enqueue_input`] feeds the receive
 /// FIFO; interrupts go out through the eventfd.
 pub struct Serial {
@@ -57,6 +80,60 @@ impl Serial {
     /// sees these failures: a UART has no way to report them.
     pub fn write_errors(&self) -> u64 {
         self.write_errors
+    }
+
+    /// The registers and receive FIFO, as the guest left them.
+    pub fn state(&self) -> SerialState {
+        let s = self.uart.state();
+        SerialState {
+            divisor: [s.baud_divisor_low, s.baud_divisor_high],
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            receive_fifo: s.in_buffer,
+        }
+    }
+
+    /// Puts the registers and receive FIFO back as `state` has them; the output and the interrupt
+    /// stay this UART's.
+    pub fn restore(&mut self, state: &SerialState) -> std::io::Result<()> {
+        let irq = self.uart.interrupt_evt().0.try_clone()?;
+        let placeholder = vm_superio::Serial::new(
+            EventFdTrigger(irq.try_clone()?),
+            Box::new(std::io::sink()) as Box<dyn Write + Send>,
+        );
+        let out = std::mem::replace(&mut self.uart, placeholder).into_writer();
+        let superio_state = vm_superio::serial::SerialState {
+            baud_divisor_low: state.divisor[0],
+            baud_divisor_high: state.divisor[1],
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.receive_fifo.clone(),
+        };
+        match vm_superio::Serial::from_state(
+            &superio_state,
+            EventFdTrigger(irq),
+            vm_superio::serial::NoEvents,
+            out,
+        ) {
+            Ok(uart) => {
+                self.uart = uart;
+                Ok(())
+            }
+            Err(e) => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("UART state: {e:?}"),
+            )),
+        }
     }
 }
 
@@ -127,6 +204,35 @@ mod tests {
         let mut rbr = [0u8];
         s.read(0x3f8, 0, &mut rbr);
         assert_eq!(rbr, [b'x']);
+    }
+
+    #[test]
+    fn a_restored_uart_has_the_registers_and_pending_input_of_the_saved_one() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut a = Serial::new(irq.try_clone().unwrap(), Box::new(std::io::sink()));
+        a.write(0x3f8, 3, &[0x80]); // DLAB
+        a.write(0x3f8, 0, &[0x0c]); // divisor 12: 9600 baud
+        a.write(0x3f8, 3, &[0x03]); // 8N1
+        a.write(0x3f8, 7, &[0x5a]); // scratch
+        a.write(0x3f8, 1, &[0x01]);
+        a.enqueue_input(b"hi");
+        let state: SerialState =
+            serde_json::from_str(&serde_json::to_string(&a.state()).unwrap()).unwrap();
+        let sink = Sink::default();
+        let mut b = Serial::new(irq.try_clone().unwrap(), Box::new(sink.clone()));
+        b.restore(&state).unwrap();
+        assert_eq!(b.state(), state);
+        let mut r = [0u8];
+        b.read(0x3f8, 7, &mut r);
+        assert_eq!(r, [0x5a]);
+        b.read(0x3f8, 0, &mut r);
+        assert_eq!(r, [b'h'], "the input the guest had not read");
+        b.write(0x3f8, 0, b"!");
+        assert_eq!(
+            &*sink.0.lock().unwrap(),
+            b"!",
+            "output still goes to the new UART's sink"
+        );
     }
 
     #[test]
