@@ -68,6 +68,13 @@ impl Interrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
+    /// Sets the status bits and the needs-reset flag as a snapshot had them (no interrupt is raised:
+    /// a restored guest still has the interrupt KVM's irqchip state carries).
+    pub fn restore(&self, status: u32, needs_reset: bool) {
+        self.status.store(status, Ordering::SeqCst);
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
+    }
+
     /// Clears every bit and the needs-reset flag (device reset).
     pub fn reset(&self) {
         self.status.store(0, Ordering::SeqCst);

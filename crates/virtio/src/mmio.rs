@@ -37,6 +37,10 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use crate::device::{Activation, ActiveQueue, VirtioDevice};
 use crate::interrupt::Interrupt;
 
+#[path = "mmio_state.rs"]
+mod state;
+pub use state::{MmioState, QueueRegisters, RestoreError};
+
 /// "virt", little-endian.
 pub const MAGIC_VALUE: u32 = 0x7472_6976;
 /// The transport version: 2 is the modern (virtio 1.x) register layout.

@@ -336,3 +336,32 @@ fn config_space_passes_through_and_writes_bump_the_generation() {
     assert_eq!(f.record.lock().unwrap().config[0], 9);
     assert_ne!(f.r(0xfc), generation);
 }
+
+#[test]
+fn a_state_restores_only_into_the_same_kind_of_device() {
+    let mut f = fixture();
+    f.negotiate(VIRTIO_F_VERSION_1);
+    f.setup_queue(0, 16, 0x1000, 0x2000, 0x3000);
+    let state = f.t.state();
+    assert_eq!(state.queues[0].size, 16);
+    assert_eq!(state.queues[0].desc_table, 0x1000);
+    let mut g = fixture();
+    g.t.restore(&state).unwrap();
+    assert_eq!(g.t.state(), state);
+    assert_eq!(g.r(0x70), ACK | DRIVER | FEATURES_OK);
+    let mut other = state.clone();
+    other.device_type = 7;
+    assert_eq!(
+        g.t.restore(&other).unwrap_err(),
+        crate::mmio::RestoreError::DeviceType {
+            expected: 42,
+            found: 7
+        }
+    );
+    let mut fewer = state.clone();
+    fewer.queues.pop();
+    assert!(g.t.restore(&fewer).is_err());
+    let mut odd = state;
+    odd.queues[0].size = 3; // not a power of two
+    assert!(g.t.restore(&odd).is_err());
+}

@@ -200,6 +200,39 @@ mod tests {
     }
 
     #[test]
+    fn a_suspended_device_restored_behind_a_new_transport_goes_on_where_it_was() {
+        let mut d = FakeDriver::new(Box::new(FragileDevice(None)), 1 << 20, 16);
+        d.start(VIRTIO_F_VERSION_1);
+        for len in [8, 9, 10] {
+            d.add(0, &[(0x40000, len, W)]);
+            d.kick(0);
+        }
+        assert_eq!(d.wait_used(0, 3).len(), 3);
+        d.transport.suspend();
+        // A request while the device is stopped waits.
+        d.add(0, &[(0x40000, 20, W)]);
+        d.kick(0);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(d.used_idx(0), 3);
+        let state: crate::mmio::MmioState =
+            serde_json::from_str(&serde_json::to_string(&d.transport.state()).unwrap()).unwrap();
+        assert_eq!(state.status & 4, 4, "DRIVER_OK is kept");
+        // A new transport and device over the same memory: the restored VM of a snapshot.
+        let irq = d.irq.try_clone().unwrap();
+        let mut t =
+            crate::MmioTransport::new(Box::new(FragileDevice(None)), d.mem.clone(), irq).unwrap();
+        t.restore(&state).unwrap();
+        assert_eq!(t.state(), state);
+        t.resume();
+        d.transport = t;
+        assert_eq!(d.wait_used(0, 1)[0].1, 20, "the waiting request is served");
+        assert_eq!(d.used_idx(0), 4);
+        d.add(0, &[(0x40000, 5, W)]);
+        d.kick(0);
+        assert_eq!(d.wait_used(0, 1)[0].1, 5);
+    }
+
+    #[test]
     fn a_device_whose_worker_panics_needs_a_reset_and_a_reset_restarts_it() {
         let mut d = FakeDriver::new(Box::new(FragileDevice(None)), 1 << 20, 16);
         d.start(VIRTIO_F_VERSION_1);
