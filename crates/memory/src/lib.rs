@@ -1,9 +1,11 @@
 #![doc = include_str!("../README.md")]
 
 mod allocator;
+mod file;
 mod layout;
 
 pub use allocator::{Allocator, Error as AllocError};
+pub use file::FileError;
 pub use layout::{
     MMIO_DEVICES_END, MMIO_DEVICES_START, MMIO_HOLE_END, MMIO_HOLE_START, PAGE_SIZE, ram_ranges,
 };
@@ -40,6 +42,20 @@ pub const MIN_RAM: u64 = 32 << 20;
 /// The most guest RAM kvmkit accepts: 1 TiB.
 pub const MAX_RAM: u64 = 1 << 40;
 
+/// Fails unless `size` is a RAM size kvmkit accepts.
+fn check_size(size: u64) -> Result<(), Error> {
+    if !size.is_multiple_of(PAGE_SIZE) {
+        return Err(Error::Unaligned(size));
+    }
+    if size < MIN_RAM {
+        return Err(Error::TooSmall(size));
+    }
+    if size > MAX_RAM {
+        return Err(Error::TooLarge(size));
+    }
+    Ok(())
+}
+
 /// A guest's RAM: anonymous host memory mapped at guest-physical addresses around the 32-bit MMIO hole.
 #[derive(Debug, Clone)]
 pub struct GuestRam {
@@ -51,15 +67,7 @@ impl GuestRam {
     /// Maps `size` bytes of guest RAM, laid out by [`ram_ranges`]. Pages are only backed by host memory
     /// once the guest touches them.
     pub fn new(size: u64) -> Result<Self, Error> {
-        if !size.is_multiple_of(PAGE_SIZE) {
-            return Err(Error::Unaligned(size));
-        }
-        if size < MIN_RAM {
-            return Err(Error::TooSmall(size));
-        }
-        if size > MAX_RAM {
-            return Err(Error::TooLarge(size));
-        }
+        check_size(size)?;
         let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
             .into_iter()
             .map(|(start, len)| (GuestAddress(start), len as usize))
