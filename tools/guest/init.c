@@ -117,6 +117,11 @@ void put_num(long v)
 	put(&buf[i]);
 }
 
+unsigned long line_used(void)
+{
+	return used;
+}
+
 /* Writes the line built so far (plus a newline) to fd and starts a new one. */
 void say(long fd)
 {

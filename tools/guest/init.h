@@ -20,6 +20,7 @@
 #define SYS_setsockopt 54
 #define SYS_uname 63
 #define SYS_fsync 74
+#define SYS_fdatasync 75
 #define SYS_sync 162
 #define SYS_mount 165
 #define SYS_umount2 166
@@ -46,6 +47,8 @@ unsigned long len(const char *s);
 void put(const char *s);
 void put_num(long v);
 void say(long fd);
+/* How many bytes the line being built has. */
+unsigned long line_used(void);
 long slurp(const char *path, char *buf, unsigned long n);
 long now_ns(void);
 const char *env_value(char **env, const char *key);

@@ -4,7 +4,9 @@
  *   KVMKIT-INPUT name=NAME               each input device the kernel found (the i8042's keyboard,
  *                                        the ACPI power button), from sysfs
  *   KVMKIT-CONTROL-READY inputs=N        then, five times a second:
- *   KVMKIT-TICK n                        n counts up: a paused guest prints none
+ *   KVMKIT-TICK n                        n counts up: a paused guest prints none; with a disk
+ *                                        (/dev/vda, writable) each tick also writes "KVMKIT-TICK n\n"
+ *                                        over its first bytes and syncs it
  *   KVMKIT-CTRL-ALT-DEL                  Ctrl-Alt-Del was typed on the keyboard; the init reboots
  *   KVMKIT-POWER-BUTTON                  the power button was pressed; the init powers off
  *
@@ -70,8 +72,10 @@ void control_wait(long out, int *power_off)
 		fds[n].events = POLLIN;
 		n++;
 	}
+	long disk = sys3(SYS_open, (long)"/dev/vda", 2 /* O_RDWR */, 0);
 	put("KVMKIT-CONTROL-READY inputs=");
 	put_num(n);
+	put(disk >= 0 ? " disk=vda" : " disk=none");
 	say(out);
 	int ctrl = 0, alt = 0;
 	long tick = 0;
@@ -80,6 +84,11 @@ void control_wait(long out, int *power_off)
 		if (ready <= 0) {
 			put("KVMKIT-TICK ");
 			put_num(++tick);
+			if (disk >= 0) {
+				sys4(SYS_pwrite64, disk, (long)line, (long)line_used(), 0);
+				sys4(SYS_pwrite64, disk, (long)"\n", 1, (long)line_used());
+				sys3(SYS_fdatasync, disk, 0, 0);
+			}
 			say(out);
 			continue;
 		}

@@ -86,6 +86,9 @@ fn run(invocation: Invocation, timeline: Arc<Timeline>) -> i32 {
             .map_err(|e| start_error(&e)),
         Source::ConfigFile(_) => controller.start_now(None).map_err(|e| start_error(&e)),
         Source::Api => controller.wait_for_start(&signals).map_err(|sig| 128 + sig),
+        Source::Restore { snapshot, memory } => controller
+            .restore_now(&snapshot, &memory, true)
+            .map_err(|e| start_error(&e)),
     };
     drop(signals);
     let code = match launched {
@@ -101,6 +104,7 @@ fn run(invocation: Invocation, timeline: Arc<Timeline>) -> i32 {
 fn start_error(e: &crate::controller::Error) -> i32 {
     match e {
         crate::controller::Error::Launch(l) => fail(l.code, l),
+        crate::controller::Error::Restore(l) => fail(l.code, e),
         _ => fail(EXIT_BAD_INPUT, e),
     }
 }

@@ -22,8 +22,15 @@ pub enum Source {
     CommandLine,
     /// A Firecracker-style JSON file (`--config-file`).
     ConfigFile(PathBuf),
-    /// The API (`--api-sock` alone): kvmkit waits for `InstanceStart`.
+    /// The API (`--api-sock` alone): kvmkit waits for `InstanceStart` (or `PUT /snapshot/load`).
     Api,
+    /// A snapshot (`--restore SNAPSHOT,mem=FILE`): the VM goes on where it was saved.
+    Restore {
+        /// The state file.
+        snapshot: PathBuf,
+        /// The memory file.
+        memory: PathBuf,
+    },
 }
 
 /// A run of kvmkit: what to boot, and how it is controlled.
@@ -99,7 +106,7 @@ fn command() -> Command {
             Arg::new("kernel")
                 .long("kernel")
                 .value_name("PATH")
-                .required_unless_present_any(["config-file", "api-sock"])
+                .required_unless_present_any(["config-file", "api-sock", "restore"])
                 .value_parser(clap::value_parser!(PathBuf))
                 .help("Kernel image: uncompressed ELF vmlinux (PVH) or bzImage"),
         )
@@ -110,6 +117,14 @@ fn command() -> Command {
                 .value_parser(clap::value_parser!(PathBuf))
                 .conflicts_with_all(VM_FLAGS)
                 .help("Boot the VM a JSON file describes, in Firecracker's --config-file layout"),
+        )
+        .arg(
+            Arg::new("restore")
+                .long("restore")
+                .value_name("SNAPSHOT,mem=FILE")
+                .conflicts_with_all(VM_FLAGS)
+                .conflicts_with("config-file")
+                .help("Restore a snapshot (PUT /snapshot/create made it) and run it"),
         )
         .arg(
             Arg::new("api-sock")
@@ -290,10 +305,16 @@ where
         .map(|l| crate::logger::parse_level(l))
         .transpose()?;
     let api_sock = m.get_one::<PathBuf>("api-sock").cloned();
-    let source = match (m.get_one::<PathBuf>("config-file"), m.contains_id("kernel")) {
-        (Some(file), _) => Source::ConfigFile(file.clone()),
-        (None, true) => Source::CommandLine,
-        (None, false) => Source::Api,
+    let source = match (
+        m.get_one::<PathBuf>("config-file"),
+        m.get_one::<String>("restore"),
+        m.contains_id("kernel"),
+    ) {
+        (Some(file), _, _) => Source::ConfigFile(file.clone()),
+        (None, Some(restore), _) => config::parse_restore(restore)
+            .map(|(snapshot, memory)| Source::Restore { snapshot, memory })?,
+        (None, None, true) => Source::CommandLine,
+        (None, None, false) => Source::Api,
     };
     let devices = DevicesConfig {
         disks: m
@@ -383,6 +404,16 @@ mod tests {
             (i.api_sock.unwrap().to_str(), i.id.as_str()),
             (Some("/tmp/s"), "vm7")
         );
+        let i = invocation(&["--restore", "vm.snap,mem=vm.mem"]).unwrap();
+        assert_eq!(
+            i.source,
+            Source::Restore {
+                snapshot: "vm.snap".into(),
+                memory: "vm.mem".into()
+            }
+        );
+        assert!(invocation(&["--restore", "vm.snap"]).is_err());
+        assert!(invocation(&["--restore", "s,mem=m", "--kernel", "k"]).is_err());
         let i = invocation(&["--config-file", "vm.json", "--no-api"]).unwrap();
         assert_eq!(i.source, Source::ConfigFile("vm.json".into()));
         assert!(invocation(&["--no-api", "--kernel", "k"]).is_ok());

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::config::VmConfig;
 use crate::config::firecracker::{
     BootSource, Drive, EntropyDevice, Logger, MachineConfiguration, MachineConfigurationUpdate,
-    Metrics, NetworkInterface, VmResources,
+    Metrics, NetworkInterface, SnapshotCreateParams, SnapshotLoadParams, SnapshotType, VmResources,
 };
 use crate::config::resources;
 use crate::launch::{LaunchError, Launched, launch};
@@ -59,6 +59,15 @@ pub enum Error {
     /// Metrics could not be set up or written.
     #[error("Metrics error: {0}")]
     Metrics(String),
+    /// A snapshot could not be made.
+    #[error("Create snapshot error: {0}")]
+    CreateSnapshot(String),
+    /// A snapshot could not be loaded.
+    #[error("Load snapshot error: {0}")]
+    LoadSnapshot(String),
+    /// A snapshot's VM could not be restored.
+    #[error("Load snapshot error: {0}")]
+    Restore(LaunchError),
 }
 
 /// Where the VM is in its life.
@@ -102,6 +111,8 @@ pub struct InstanceInfo {
 struct State {
     phase: Phase,
     resources: VmResources,
+    /// The running VM's configuration.
+    config: Option<VmConfig>,
     vm: Option<Arc<VmHandle>>,
     /// A VM the API started, for the main thread to take.
     started: Option<Launched>,
@@ -140,6 +151,7 @@ impl Controller {
             state: Mutex::new(State {
                 phase: Phase::NotStarted,
                 resources: VmResources::default(),
+                config: None,
                 vm: None,
                 started: None,
                 metrics: None,
@@ -375,9 +387,86 @@ impl Controller {
         };
         let launched = launch(&config, self.timeline.clone())?;
         state.vm = Some(launched.running.handle().clone());
+        state.config = Some(config);
         state.phase = Phase::Running;
         self.changed.notify_all();
         Ok(launched)
+    }
+
+    /// Restores the VM `snapshot` (and its RAM in `memory`) saved, running unless `resume` is false
+    /// (then it starts paused). Returns it for the caller to wait on.
+    pub fn restore_now(
+        &self,
+        snapshot: &std::path::Path,
+        memory: &std::path::Path,
+        resume: bool,
+    ) -> Result<Launched, Error> {
+        let mut state = self.configuring()?;
+        if state.resources.boot_source.is_some() {
+            return Err(Error::LoadSnapshot(
+                "Loading a microVM snapshot not allowed after configuring boot-specific resources."
+                    .into(),
+            ));
+        }
+        let (launched, config) = crate::launch::launch_restore(
+            snapshot,
+            memory,
+            &self.base,
+            self.timeline.clone(),
+            resume,
+        )
+        .map_err(Error::Restore)?;
+        state.resources = VmResources::describe(&config);
+        state.vm = Some(launched.running.handle().clone());
+        state.config = Some(config);
+        state.phase = if resume {
+            Phase::Running
+        } else {
+            Phase::Paused
+        };
+        log::info!("VM restored from {}", snapshot.display());
+        self.changed.notify_all();
+        Ok(launched)
+    }
+
+    /// `PUT /snapshot/load`: restores a VM for the main thread to wait on.
+    pub fn snapshot_load(&self, params: &SnapshotLoadParams) -> Result<(), Error> {
+        let memory = params.memory_file().map_err(Error::LoadSnapshot)?;
+        let launched = self.restore_now(
+            &params.snapshot_path,
+            memory,
+            params.resume_vm.unwrap_or(false),
+        )?;
+        self.lock().started = Some(launched);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// `PUT /snapshot/create`: saves the paused VM.
+    pub fn snapshot_create(&self, params: &SnapshotCreateParams) -> Result<(), Error> {
+        let (state, vm) = self.running()?;
+        if state.phase != Phase::Paused {
+            return Err(Error::CreateSnapshot(
+                "the microVM must be paused first (PATCH /vm {\"state\": \"Paused\"})".into(),
+            ));
+        }
+        if params.snapshot_type == Some(SnapshotType::Diff) {
+            return Err(Error::CreateSnapshot(
+                "Diff snapshots are not supported by kvmkit yet; take a Full one".into(),
+            ));
+        }
+        let Some(config) = state.config.clone() else {
+            return Err(Error::BeforeStart);
+        };
+        let started = std::time::Instant::now();
+        vm.snapshot(&config, &params.snapshot_path, &params.mem_file_path)
+            .map_err(|e| Error::CreateSnapshot(e.to_string()))?;
+        log::info!(
+            "snapshot {} written in {:.1} ms",
+            params.snapshot_path.display(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(())
     }
 
     /// `PUT /actions` `InstanceStart`: starts the VM for the main thread to wait on.

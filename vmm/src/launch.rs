@@ -129,18 +129,63 @@ pub fn launch(config: &VmConfig, timeline: Arc<Timeline>) -> Result<Launched, La
             }
         );
     }
-    let (input, raw) = match config.serial {
-        SerialMode::Stdio if !crate::terminal::stdin_is_background_terminal() => {
-            (Input::Stdin, RawModeGuard::new())
-        }
-        _ => (Input::None, None),
-    };
+    let (input, raw) = console_input(&config.serial);
     let running = run::start(vm, input).map_err(|e| LaunchError::new(EXIT_GUEST_ERROR, &e))?;
     Ok(Launched {
         running,
         assist,
         raw,
     })
+}
+
+/// Restores the VM a snapshot saved (`snapshot`, with its RAM in `memory`): the configuration is
+/// the snapshot's, the serial console and boot timeline `base`'s. The vCPUs start paused unless
+/// `resume`. Returns the running VM and its configuration.
+pub fn launch_restore(
+    snapshot: &std::path::Path,
+    memory: &std::path::Path,
+    base: &VmConfig,
+    timeline: Arc<Timeline>,
+    resume: bool,
+) -> Result<(Launched, VmConfig), LaunchError> {
+    let state: crate::snapshot::SnapshotState = crate::snapshot::format::load(snapshot)
+        .map_err(|e| LaunchError::new(EXIT_BAD_INPUT, &e))?;
+    let ram = crate::snapshot::map_memory(memory, state.machine.memory)
+        .map_err(|e| LaunchError::new(EXIT_BAD_INPUT, &e))?;
+    let config = VmConfig {
+        boot: state.boot.clone(),
+        machine: state.machine.clone(),
+        devices: state.devices.clone(),
+        serial: base.serial.clone(),
+        boot_timeline: base.boot_timeline,
+    };
+    let serial_out = serial_output(&config.serial)?;
+    let mut vm = Vm::with_ram(&config.machine, &config.devices, serial_out, timeline, ram)
+        .map_err(|e| LaunchError::new(build_error_code(&e), &e))?;
+    vm.restore_snapshot(&state)
+        .map_err(|e| LaunchError::new(EXIT_BAD_INPUT, &e))?;
+    let assist = vm.assist().cloned();
+    let (input, raw) = console_input(&config.serial);
+    let running =
+        run::start_with(vm, input, !resume).map_err(|e| LaunchError::new(EXIT_GUEST_ERROR, &e))?;
+    Ok((
+        Launched {
+            running,
+            assist,
+            raw,
+        },
+        config,
+    ))
+}
+
+/// Where console input comes from, and the terminal's raw mode while the VM runs.
+fn console_input(serial: &SerialMode) -> (Input, Option<RawModeGuard>) {
+    match serial {
+        SerialMode::Stdio if !crate::terminal::stdin_is_background_terminal() => {
+            (Input::Stdin, RawModeGuard::new())
+        }
+        _ => (Input::None, None),
+    }
 }
 
 /// Waits for `launched` to end; restores the terminal, prints the assist counts and the outcome,

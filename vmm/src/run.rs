@@ -109,6 +109,7 @@ pub struct VmHandle {
     devices: Vec<(String, Arc<dyn DeviceCounters>)>,
     assist: Option<Arc<Assist>>,
     timeline: Arc<Timeline>,
+    parts: crate::snapshot::VmParts,
 }
 
 impl std::fmt::Debug for VmHandle {
@@ -193,6 +194,21 @@ impl VmHandle {
         &self.timeline
     }
 
+    /// Saves the paused VM, described by `config`, to `snapshot` and its RAM to `memory`.
+    pub fn snapshot(
+        &self,
+        config: &crate::config::VmConfig,
+        snapshot: &std::path::Path,
+        memory: &std::path::Path,
+    ) -> Result<(), crate::snapshot::Error> {
+        self.parts.create(
+            &self.vcpus,
+            (&config.boot, &config.machine, &config.devices),
+            snapshot,
+            memory,
+        )
+    }
+
     /// Where event sources end the VM: a source made for [`RunningVm::add_event_source`] keeps a
     /// clone and calls [`VmEnd::end`].
     pub fn vm_end(&self) -> VmEnd {
@@ -231,6 +247,15 @@ pub fn run(vm: Vm, input: Input) -> Result<Outcome, Error> {
 
 /// Starts `vm`: its vCPU threads and its event loop.
 pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
+    start_with(vm, input, false)
+}
+
+/// [`start`], with the vCPUs paused from the start if `paused` (a restored VM waiting for its
+/// resume).
+pub fn start_with(vm: Vm, input: Input, paused: bool) -> Result<RunningVm, Error> {
+    let parts = vm
+        .parts()
+        .map_err(|e| Error::Setup(std::io::Error::other(e)))?;
     let Vm {
         kvm,
         vm: kvm_vm,
@@ -240,6 +265,7 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
         vcpus,
         timeline,
         assist,
+        restored_lstar,
     } = vm;
     let setup = Error::Setup;
     let end = VmEnd::default();
@@ -272,15 +298,22 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
     }
     let endpoint = manager.remote_endpoint();
 
-    let vcpus: Vec<(accel::Vcpu, Option<Box<dyn ExitHook>>)> = vcpus
-        .into_iter()
-        .map(|vcpu| {
-            let hook = assist
-                .clone()
-                .map(|a| Box::new(AssistHook::new(a)) as Box<dyn ExitHook>);
-            (vcpu, hook)
-        })
-        .collect();
+    let mut hooked = Vec::with_capacity(vcpus.len());
+    for (i, mut vcpu) in vcpus.into_iter().enumerate() {
+        let mut hook = assist.clone().map(AssistHook::new);
+        // A restored guest wrote its LSTAR before the snapshot: the system call bridge learns it now.
+        if let (Some(hook), Some(&Some(lstar))) = (hook.as_mut(), restored_lstar.get(i)) {
+            let write = crate::vcpu::Unhandled::WriteMsr {
+                index: accel::x86::msr::LSTAR,
+                data: lstar,
+            };
+            if let crate::vcpu::Handled::End(outcome) = hook.handle(&mut vcpu, write) {
+                log::warn!("restored vCPU {i}: system call bridge not armed: {outcome}");
+            }
+        }
+        hooked.push((vcpu, hook.map(|h| Box::new(h) as Box<dyn ExitHook>)));
+    }
+    let vcpus = hooked;
     let exits = Arc::new(ExitCounts::default());
     let group = Arc::new(
         VcpuGroup::spawn(
@@ -290,6 +323,7 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
             &wake,
             timeline.clone(),
             exits.clone(),
+            paused,
         )
         .map_err(Error::Spawn)?,
     );
@@ -328,6 +362,7 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
                 devices: device_counters,
                 assist,
                 timeline: handle_timeline,
+                parts,
             }),
             events,
         }),

@@ -7,7 +7,7 @@
 
 /// When kvmkit finishes the instructions the backend's emulator gives up on (`--instruction-assist`):
 /// see the `kvmkit-assist` crate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum AssistMode {
     /// On a software KVM backend only (hardware KVM runs every instruction itself).
     #[default]

@@ -6,6 +6,7 @@
 //! [`ExitHook`] if it has one: that is where the instruction assist plugs in
 //! ([`crate::assist_hook`]).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
@@ -105,7 +106,7 @@ pub fn run_loop(
         match control.request() {
             Request::Run => {}
             Request::Pause => {
-                control.park();
+                control.park(vcpu);
                 continue;
             }
             Request::Stop => return None,
@@ -234,12 +235,26 @@ pub enum Request {
     Stop,
 }
 
-/// The request all vCPU threads of a VM follow, and how many of them are parked.
-#[derive(Debug)]
+/// Work a parked vCPU's thread does with its vCPU: KVM's vCPU state is read and written by the
+/// thread that runs the vCPU (snapshots do it this way).
+pub type VcpuJob = Box<dyn FnOnce(&mut Vcpu) + Send>;
+
+/// The request all vCPU threads of a VM follow, how many of them are parked, and work for parked
+/// ones.
 pub struct Control {
     request: AtomicU8,
     parked: Mutex<usize>,
     changed: Condvar,
+    jobs: Mutex<HashMap<u64, VcpuJob>>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("request", &self.request())
+            .field("parked", &self.parked())
+            .finish()
+    }
 }
 
 impl Default for Control {
@@ -248,6 +263,7 @@ impl Default for Control {
             request: AtomicU8::new(Request::Run as u8),
             parked: Mutex::new(0),
             changed: Condvar::new(),
+            jobs: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -274,15 +290,37 @@ impl Control {
     }
 
     /// Called by a vCPU thread that saw [`Request::Pause`]: counts itself parked and waits until the
-    /// request changes.
-    pub fn park(&self) {
+    /// request changes, doing the jobs given for its vCPU meanwhile.
+    pub fn park(&self, vcpu: &mut Vcpu) {
         let mut parked = self.lock();
         *parked += 1;
         self.changed.notify_all();
         while self.request() == Request::Pause {
+            let job = self
+                .jobs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&vcpu.id());
+            if let Some(job) = job {
+                drop(parked);
+                job(vcpu);
+                parked = self.lock();
+                continue;
+            }
             parked = self.changed.wait(parked).unwrap_or_else(|e| e.into_inner());
         }
         *parked -= 1;
+        self.changed.notify_all();
+    }
+
+    /// Gives parked vCPU `id` a job.
+    fn give(&self, id: u64, job: VcpuJob) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, job);
+        // Under the lock the threads check for jobs with: none can miss this wake-up.
+        let _parked = self.lock();
         self.changed.notify_all();
     }
 
@@ -331,12 +369,28 @@ const KICK_RETRY: Duration = Duration::from_millis(10);
 pub struct VcpuGroup {
     control: Arc<Control>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    ids: Vec<u64>,
 }
+
+/// Why work could not be done on the vCPUs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// The vCPUs are not paused.
+    #[error("the vCPUs are not paused")]
+    NotPaused,
+    /// A vCPU thread did not answer (it ended, or hangs).
+    #[error("vCPU {0} did not answer")]
+    NoAnswer(u64),
+}
+
+/// How long a parked vCPU thread may take to do a job.
+const JOB_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl VcpuGroup {
     /// Starts each vCPU, with its exit hook if it has one, on a thread named `kvmkit-vcpu-N`. A
     /// vCPU whose guest ends the VM sends the outcome on `outcomes` and writes `wake`; a thread that
-    /// panics reports that as its outcome. Exits are counted in `counts`.
+    /// panics reports that as its outcome. Exits are counted in `counts`. With `paused` the vCPUs
+    /// park before they first run, until [`VcpuGroup::resume`].
     pub fn spawn(
         vcpus: Vec<(Vcpu, Option<Box<dyn ExitHook>>)>,
         buses: Arc<Buses>,
@@ -344,12 +398,17 @@ impl VcpuGroup {
         wake: &EventFd,
         timeline: Arc<Timeline>,
         counts: Arc<ExitCounts>,
+        paused: bool,
     ) -> std::io::Result<Self> {
         install_kick_handler();
         let control = Arc::new(Control::default());
+        if paused {
+            control.set(Request::Pause);
+        }
         let group = Self {
             control: control.clone(),
             threads: Mutex::new(Vec::new()),
+            ids: vcpus.iter().map(|(v, _)| v.id()).collect(),
         };
         for (mut vcpu, mut hook) in vcpus {
             let (buses, control, outcomes) = (buses.clone(), control.clone(), outcomes.clone());
@@ -421,6 +480,36 @@ impl VcpuGroup {
     /// Lets paused vCPUs run the guest again.
     pub fn resume(&self) {
         self.control.set(Request::Run);
+    }
+
+    /// Runs `job` on each paused vCPU, on its own thread, and returns the answers in vCPU order.
+    pub fn on_each_paused<T: Send + 'static>(
+        &self,
+        job: impl Fn(&mut Vcpu) -> T + Send + Sync + 'static,
+    ) -> Result<Vec<T>, JobError> {
+        if self.control.request() != Request::Pause || self.control.parked() < self.running() {
+            return Err(JobError::NotPaused);
+        }
+        let job = Arc::new(job);
+        let mut answers = Vec::with_capacity(self.ids.len());
+        for &id in &self.ids {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let job = job.clone();
+            self.control.give(
+                id,
+                Box::new(move |vcpu: &mut Vcpu| {
+                    let _ = tx.send(job(vcpu));
+                }),
+            );
+            answers.push((id, rx));
+        }
+        answers
+            .into_iter()
+            .map(|(id, rx)| {
+                rx.recv_timeout(JOB_TIMEOUT)
+                    .map_err(|_| JobError::NoAnswer(id))
+            })
+            .collect()
     }
 
     /// Stops every vCPU thread and joins it. Idempotent.

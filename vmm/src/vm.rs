@@ -34,13 +34,16 @@ pub enum Error {
 /// A VM ready to run: memory registered, devices on the buses, vCPUs created.
 pub struct Vm {
     pub(crate) kvm: Kvm,
-    pub(crate) vm: accel::Vm,
+    pub(crate) vm: Arc<accel::Vm>,
     pub(crate) ram: GuestRam,
     pub(crate) devices: DeviceManager,
     pub(crate) legacy: Legacy,
     pub(crate) vcpus: Vec<Vcpu>,
     pub(crate) timeline: Arc<Timeline>,
     pub(crate) assist: Option<Arc<Assist>>,
+    /// Each vCPU's LSTAR when it was restored from a snapshot (the instruction assist's system call
+    /// bridge arms itself from it); empty for a VM that boots.
+    pub(crate) restored_lstar: Vec<Option<u64>>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -63,11 +66,22 @@ impl Vm {
         serial_out: Box<dyn Write + Send>,
         timeline: Arc<Timeline>,
     ) -> Result<Self, Error> {
+        let ram = GuestRam::new(machine.memory)?;
+        Self::with_ram(machine, devices, serial_out, timeline, ram)
+    }
+
+    /// [`Vm::new`] with guest RAM the caller made (a snapshot's memory file, mapped).
+    pub fn with_ram(
+        machine: &MachineConfig,
+        devices: &DevicesConfig,
+        serial_out: Box<dyn Write + Send>,
+        timeline: Arc<Timeline>,
+        ram: GuestRam,
+    ) -> Result<Self, Error> {
         let kvm = Kvm::new()?;
         let mut vm = kvm.create_vm()?;
         vm.create_irqchip(IrqChip::Full)?;
         vm.create_pit()?;
-        let ram = GuestRam::new(machine.memory)?;
         vm.add_guest_memory(ram.memory())?;
         timeline.mark(Event::MemoryReady);
 
@@ -93,14 +107,65 @@ impl Vm {
         }
         Ok(Self {
             kvm,
-            vm,
+            vm: Arc::new(vm),
             ram,
             devices: dm,
             legacy,
             vcpus,
             timeline,
             assist,
+            restored_lstar: Vec::new(),
         })
+    }
+
+    /// What a snapshot of this VM reads and a restore writes, shared.
+    pub fn parts(&self) -> Result<crate::snapshot::VmParts, Error> {
+        Ok(crate::snapshot::VmParts {
+            vm: self.vm.clone(),
+            ram: self.ram.clone(),
+            msr_indices: self.kvm.msr_index_list()?.as_slice().to_vec(),
+            serial: self.legacy.serial.clone(),
+            i8042: self.legacy.i8042.clone(),
+            rtc: self.legacy.rtc.clone(),
+            ospm_seen: self.devices.ospm_seen().clone(),
+            virtio: self
+                .devices
+                .virtio()
+                .iter()
+                .map(|s| (s.name.clone(), s.transport.clone()))
+                .collect(),
+        })
+    }
+
+    /// Puts the VM in the state a snapshot saved, instead of loading a kernel: devices, KVM's VM
+    /// state, and each vCPU's (its RAM must be the snapshot's memory file).
+    pub fn restore_snapshot(
+        &mut self,
+        state: &crate::snapshot::SnapshotState,
+    ) -> Result<(), crate::snapshot::Error> {
+        use crate::snapshot::Error as E;
+        if state.vcpus.len() != self.vcpus.len() {
+            return Err(E::Mismatch(format!(
+                "{} vCPUs in the snapshot, {} created",
+                state.vcpus.len(),
+                self.vcpus.len()
+            )));
+        }
+        self.parts()
+            .map_err(|e| E::Mismatch(e.to_string()))?
+            .restore(state)?;
+        self.restored_lstar.clear();
+        for (vcpu, saved) in self.vcpus.iter().zip(&state.vcpus) {
+            vcpu.restore_state(saved)?;
+            let lstar = saved
+                .msrs
+                .iter()
+                .find(|m| m.index == accel::x86::msr::LSTAR)
+                .map(|m| m.data)
+                .filter(|&v| v != 0);
+            self.restored_lstar.push(lstar);
+        }
+        Ok(())
     }
 
     /// Loads a Linux kernel (and initramfs, command line) and configures every vCPU to boot it:

@@ -8,7 +8,8 @@ use serde::de::DeserializeOwned;
 use super::http::{Request, Response};
 use crate::config::firecracker::{
     ActionType, BootSource, Drive, EntropyDevice, InstanceActionInfo, Logger, MachineConfiguration,
-    MachineConfigurationUpdate, Metrics, NetworkInterface, Vm, VmState,
+    MachineConfigurationUpdate, Metrics, NetworkInterface, SnapshotCreateParams,
+    SnapshotLoadParams, Vm, VmState,
 };
 use crate::controller::{Controller, Error};
 
@@ -152,10 +153,21 @@ fn route(ctl: &std::sync::Arc<Controller>, req: &Request) -> Result<Response, Re
                 VmState::Resumed => ctl.resume(),
             })
         }
+        ("PUT", "snapshot", Some("create")) => {
+            done(ctl.snapshot_create(&body::<SnapshotCreateParams>(req)?))
+        }
+        ("PUT", "snapshot", Some("load")) => {
+            done(ctl.snapshot_load(&body::<SnapshotLoadParams>(req)?))
+        }
+        ("PUT", "snapshot", other) => {
+            return Err(bad(format!(
+                "Invalid request method and/or path: PUT /snapshot/{}.",
+                other.unwrap_or_default()
+            )));
+        }
         (
             "PUT" | "PATCH" | "GET",
-            "balloon" | "vsock" | "mmds" | "snapshot" | "cpu-config" | "pmem" | "serial"
-            | "hotplug",
+            "balloon" | "vsock" | "mmds" | "cpu-config" | "pmem" | "serial" | "hotplug",
             _,
         ) => {
             return Err(bad(format!("/{first} is not supported by kvmkit")));

@@ -18,8 +18,10 @@ use super::http::{Connection, ReadError, Request, Response};
 /// stack) for at most [`super::http::IDLE_TIMEOUT`] idle or [`super::http::REQUEST_TIMEOUT`] per
 /// request.
 pub const MAX_CONNECTIONS: usize = 64;
-/// The stack of a connection's thread: parsing and answering needs little.
-const CONNECTION_STACK: usize = 256 << 10;
+/// The stack of a connection's thread. Answering most requests needs little, but InstanceStart and
+/// a snapshot load build the VM on it (a snapshot's vCPU state is parsed there): the default 2 MiB.
+/// Only the pages a thread touches cost memory.
+const CONNECTION_STACK: usize = 2 << 20;
 /// How often the accept loop looks whether it should stop.
 const POLL: Duration = Duration::from_millis(100);
 

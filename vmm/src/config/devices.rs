@@ -13,7 +13,7 @@ pub const MAX_SERIAL_LEN: usize = 20;
 
 /// The virtio devices of a VM, in the order the guest finds them: disks, network cards, the
 /// entropy source.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct DevicesConfig {
     /// virtio-blk disks (the guest sees vda, vdb, ...).
     pub disks: Vec<BlockConfig>,

@@ -314,3 +314,115 @@ pub struct VmResources {
     )]
     pub memory_hotplug: Option<serde_json::Value>,
 }
+
+/// `snapshot_type` of [`SnapshotCreateParams`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotType {
+    /// All of guest memory.
+    #[default]
+    Full,
+    /// Only the pages written since the last snapshot.
+    Diff,
+}
+
+/// `PUT /snapshot/create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreateParams {
+    /// Full (the default) or Diff.
+    #[serde(default)]
+    pub snapshot_type: Option<SnapshotType>,
+    /// Where the state goes.
+    pub snapshot_path: PathBuf,
+    /// Where guest memory goes.
+    pub mem_file_path: PathBuf,
+    /// Deprecated in Firecracker; ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// `backend_type` of [`MemBackend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemBackendType {
+    /// A memory file, mapped.
+    File,
+    /// A userfaultfd page server (unsupported).
+    Uffd,
+}
+
+/// Where a restored VM's memory comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemBackend {
+    /// File (or Uffd, unsupported).
+    pub backend_type: MemBackendType,
+    /// The memory file.
+    pub backend_path: PathBuf,
+}
+
+/// `PUT /snapshot/load`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotLoadParams {
+    /// The state file.
+    pub snapshot_path: PathBuf,
+    /// Deprecated form of `mem_backend` (a File).
+    #[serde(default)]
+    pub mem_file_path: Option<PathBuf>,
+    /// The memory.
+    #[serde(default)]
+    pub mem_backend: Option<MemBackend>,
+    /// Unsupported: only absent or false.
+    #[serde(default)]
+    pub enable_diff_snapshots: Option<bool>,
+    /// Unsupported: only absent or false.
+    #[serde(default)]
+    pub track_dirty_pages: Option<bool>,
+    /// Run the VM at once (else it stays paused).
+    #[serde(default)]
+    pub resume_vm: Option<bool>,
+    /// Unsupported: only absent or empty.
+    #[serde(default)]
+    pub network_overrides: Option<Vec<serde_json::Value>>,
+    /// Unsupported: only absent.
+    #[serde(default)]
+    pub vsock_override: Option<serde_json::Value>,
+    /// Unsupported: only absent or false.
+    #[serde(default)]
+    pub clock_realtime: Option<bool>,
+}
+
+impl SnapshotLoadParams {
+    /// The memory file, or why these parameters cannot be used.
+    pub fn memory_file(&self) -> Result<&std::path::Path, String> {
+        let unsupported = |what: &str| Err(format!("{what} is not supported by kvmkit"));
+        if self.enable_diff_snapshots == Some(true) || self.track_dirty_pages == Some(true) {
+            return unsupported("dirty-page tracking after a load");
+        }
+        if self
+            .network_overrides
+            .as_ref()
+            .is_some_and(|n| !n.is_empty())
+        {
+            return unsupported("network_overrides");
+        }
+        if self.vsock_override.is_some() {
+            return unsupported("vsock_override");
+        }
+        if self.clock_realtime == Some(true) {
+            return unsupported("clock_realtime");
+        }
+        match (&self.mem_file_path, &self.mem_backend) {
+            (Some(path), None) => Ok(path),
+            (None, Some(b)) if b.backend_type == MemBackendType::File => Ok(&b.backend_path),
+            (None, Some(_)) => unsupported("the Uffd memory backend"),
+            (None, None) => {
+                Err("missing field: either `mem_backend` or `mem_file_path` is required".into())
+            }
+            (Some(_), Some(_)) => Err(
+                "too many fields: either `mem_backend` or `mem_file_path` exclusively is required"
+                    .into(),
+            ),
+        }
+    }
+}

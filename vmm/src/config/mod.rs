@@ -41,6 +41,9 @@ pub enum Error {
     /// A `--rng` value that is not on or off.
     #[error("invalid --rng '{0}': expected on or off")]
     Rng(String),
+    /// A `--restore` value that does not parse.
+    #[error("invalid --restore '{0}': expected SNAPSHOT,mem=MEMORY_FILE")]
+    Restore(String),
     /// Guest memory larger than the host's.
     #[error("guest memory {req} MiB is more than the host's {host} MiB", req = .0 >> 20, host = .1 >> 20)]
     MoreThanHost(u64, u64),
@@ -73,7 +76,7 @@ impl std::str::FromStr for SerialMode {
 }
 
 /// The machine itself: memory, vCPUs, firmware tables, and how kvmkit runs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MachineConfig {
     /// Guest RAM in bytes.
     pub memory: u64,
@@ -97,7 +100,7 @@ impl Default for MachineConfig {
 }
 
 /// What to boot.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BootConfig {
     /// Kernel image: ELF vmlinux or bzImage.
     pub kernel: PathBuf,
@@ -168,6 +171,23 @@ pub fn parse_memory(s: &str) -> Result<u64, Error> {
             .ok_or_else(|| Error::Size(s.to_owned()));
     }
     parse_size(value).map_err(|_| Error::Size(s.to_owned()))
+}
+
+/// Parses `--restore SNAPSHOT,mem=MEMORY_FILE`.
+///
+/// ```
+/// use kvmkit::config::parse_restore;
+/// let (s, m) = parse_restore("vm.snap,mem=vm.mem").unwrap();
+/// assert_eq!((s.to_str(), m.to_str()), (Some("vm.snap"), Some("vm.mem")));
+/// assert!(parse_restore("vm.snap").is_err());
+/// ```
+pub fn parse_restore(s: &str) -> Result<(PathBuf, PathBuf), Error> {
+    let err = || Error::Restore(s.to_owned());
+    let (snapshot, memory) = s.split_once(",mem=").ok_or_else(err)?;
+    if snapshot.is_empty() || memory.is_empty() || memory.contains(',') {
+        return Err(err());
+    }
+    Ok((PathBuf::from(snapshot), PathBuf::from(memory)))
 }
 
 /// Parses a vCPU count in `1..=max`: `N`, or Cloud Hypervisor's `boot=N`.

@@ -31,6 +31,8 @@ pub struct Legacy {
     pub power_off: EventFd,
     /// The keyboard controller, to type on its keyboard.
     pub i8042: Arc<Mutex<I8042>>,
+    /// The CMOS RTC.
+    pub rtc: Arc<Mutex<Rtc>>,
     /// Writing it presses the ACPI power button (with ACPI only).
     pub power_button: Option<EventFd>,
     /// Set once the guest's console shows a kernel panic.
@@ -85,8 +87,9 @@ pub fn place(
         }),
     )?;
     dm.add_port(shared, I8042_COMMAND, None)?;
+    let rtc = Arc::new(Mutex::new(Rtc::new()));
     dm.add_port(
-        Arc::new(Mutex::new(Rtc::new())),
+        rtc.clone(),
         CMOS,
         Some(IsaDevice {
             kind: IsaKind::Rtc,
@@ -124,6 +127,7 @@ pub fn place(
         reset,
         power_off,
         i8042,
+        rtc,
         power_button,
         panicked,
     })

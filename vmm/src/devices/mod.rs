@@ -106,6 +106,12 @@ impl DeviceManager {
         self.acpi
     }
 
+    /// Set once the guest's ACPI interpreter ran `\_SB._INI` (the command line's device aliases then
+    /// read as placeholders).
+    pub fn ospm_seen(&self) -> &Arc<AtomicBool> {
+        &self.ospm_seen
+    }
+
     /// Puts `device` on the port bus at `at`; `isa` is how the DSDT describes it, if it does.
     pub fn add_port(
         &mut self,

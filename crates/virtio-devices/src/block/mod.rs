@@ -36,7 +36,7 @@ const CONFIG_SIZE: usize = 60;
 const MAX_RANGE_SECTORS: u32 = 1 << 22;
 
 /// How to make a disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BlockConfig {
     /// The raw image file.
     pub path: PathBuf,

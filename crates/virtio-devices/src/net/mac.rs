@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A unicast Ethernet address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct MacAddr(pub [u8; 6]);
 
 /// Why a MAC address did not parse.

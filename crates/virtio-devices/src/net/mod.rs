@@ -69,7 +69,7 @@ pub trait Backend: AsRawFd + Send {
 }
 
 /// How to make a network device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetConfig {
     /// The host tap device to open (it must exist).
     pub tap: String,

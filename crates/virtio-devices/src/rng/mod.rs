@@ -27,7 +27,7 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const DEFAULT_MAX_REQUEST: u32 = 64 << 10;
 
 /// How to make an entropy device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RngConfig {
     /// The most bytes one request gets, whatever the size of its buffers (at least 1).
     pub max_request: u32,

@@ -281,6 +281,38 @@ fn every_request_error_is_a_400_with_a_fault_message() {
         Some(r#"{"action_type":"InstanceStart"}"#),
         "Cannot start microvm without kernel configuration.",
     );
+    // Snapshots: creating one needs a (paused) VM; loading one needs a memory file and a snapshot.
+    api.fails(
+        "PUT",
+        "/snapshot/create",
+        Some(r#"{"snapshot_path":"/tmp/s","mem_file_path":"/tmp/m"}"#),
+        "not supported before starting the microVM",
+    );
+    api.fails(
+        "PUT",
+        "/snapshot/load",
+        Some(r#"{"snapshot_path":"/tmp/s"}"#),
+        "either `mem_backend` or `mem_file_path` is required",
+    );
+    api.fails(
+        "PUT",
+        "/snapshot/load",
+        Some(r#"{"snapshot_path":"/tmp/s","mem_file_path":"/m","mem_backend":{"backend_type":"File","backend_path":"/m"}}"#),
+        "exclusively is required",
+    );
+    api.fails(
+        "PUT",
+        "/snapshot/load",
+        Some(r#"{"snapshot_path":"/tmp/s","mem_backend":{"backend_type":"Uffd","backend_path":"/u"}}"#),
+        "the Uffd memory backend is not supported",
+    );
+    api.fails(
+        "PUT",
+        "/snapshot/load",
+        Some(r#"{"snapshot_path":"/nonexistent/s","mem_file_path":"/nonexistent/m"}"#),
+        "Load snapshot error: snapshot /nonexistent/s",
+    );
+    api.fails("PUT", "/snapshot/bogus", Some("{}"), "PUT /snapshot/bogus.");
     assert_eq!(
         api.get("/")["state"],
         "Not started",

@@ -1,0 +1,240 @@
+//! Snapshots of a real guest: the test guest, counting (`KVMKIT-TICK n`, five a second) and writing
+//! each count to its disk, is paused and snapshotted through the API, and its kvmkit killed. A new
+//! kvmkit restores it (`--restore`): the count goes on from where it was, the console works, the disk
+//! gets the new counts, Ctrl-Alt-Del reboots it. The same snapshot loaded again through the API
+//! (`PUT /snapshot/load`) is an independent VM that counts on from the same point. Damaged snapshot
+//! files and wrong memory files are refused with exit 2.
+//!
+//! One cold boot (a minute on a software-KVM host); each restore takes milliseconds.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kvmkit::api::client::call;
+use kvmkit_integration_tests::{Background, guest_cmdline, guest_dir};
+use serde_json::{Value, json};
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("kvmkit-snap-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn kvmkit() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kvmkit-e2e"))
+}
+
+fn api(sock: &Path, method: &str, path: &str, body: &Value) -> (u16, String) {
+    call(sock, method, path, Some(&body.to_string())).unwrap()
+}
+
+fn ok(sock: &Path, method: &str, path: &str, body: &Value) {
+    let (status, text) = api(sock, method, path, body);
+    assert_eq!(status, 204, "{method} {path}: {text}");
+}
+
+fn wait_for_socket(sock: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The counts the guest printed, in order.
+fn ticks(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("KVMKIT-TICK "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+/// The count at the start of the disk image.
+fn disk_tick(disk: &Path) -> u64 {
+    let bytes = std::fs::read(disk).unwrap();
+    let text = String::from_utf8_lossy(&bytes[..64]);
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("KVMKIT-TICK ")
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count on the disk: {line:?}"))
+}
+
+/// Waits until the guest of `vm` printed a count of at least `n`.
+fn wait_for_tick(vm: &Background, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ticks(&vm.stdout()).last().copied().unwrap_or(0) < n {
+        assert!(
+            Instant::now() < deadline,
+            "no KVMKIT-TICK {n}:\n{}",
+            vm.stdout()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `kvmkit --restore` with a bad input: exit 2 and one error line containing `needle`.
+fn refused(snapshot: &Path, memory: &Path, needle: &str) {
+    let out = kvmkit()
+        .arg("--restore")
+        .arg(format!("{},mem={}", snapshot.display(), memory.display()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+}
+
+#[test]
+fn a_counting_guest_is_snapshotted_killed_and_restored_twice_and_counts_on() {
+    let s = Scratch::new("count");
+    let disk = s.0.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let (snapshot, memory) = (s.0.join("vm.snap"), s.0.join("vm.mem"));
+
+    // The cold boot, configured through the API.
+    let sock = s.0.join("first.sock");
+    let first = Background::spawn(kvmkit().arg("--api-sock").arg(&sock));
+    wait_for_socket(&sock);
+    let guest = guest_dir();
+    ok(
+        &sock,
+        "PUT",
+        "/boot-source",
+        &json!({
+            "kernel_image_path": guest.join("vmlinux"),
+            "initrd_path": guest.join("initramfs.cpio"),
+            "boot_args": guest_cmdline("kvmkit_init=control"),
+        }),
+    );
+    ok(
+        &sock,
+        "PUT",
+        "/drives/counts",
+        &json!({"drive_id": "counts", "path_on_host": disk, "is_root_device": false,
+                "is_read_only": false}),
+    );
+    ok(
+        &sock,
+        "PUT",
+        "/actions",
+        &json!({"action_type": "InstanceStart"}),
+    );
+    assert!(
+        first.wait_for_stdout(
+            "KVMKIT-CONTROL-READY inputs=2 disk=vda",
+            Duration::from_secs(600)
+        ),
+        "{}",
+        first.stdout()
+    );
+    wait_for_tick(&first, 5);
+
+    // Snapshot: only a paused VM.
+    let params = json!({"snapshot_path": snapshot, "mem_file_path": memory});
+    let (status, text) = api(&sock, "PUT", "/snapshot/create", &params);
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("must be paused"), "{text}");
+    ok(&sock, "PATCH", "/vm", &json!({"state": "Paused"}));
+    std::thread::sleep(Duration::from_millis(300));
+    let at = ticks(&first.stdout()).last().copied().unwrap();
+    ok(&sock, "PUT", "/snapshot/create", &params);
+    assert_eq!(disk_tick(&disk), at, "the disk has the last count");
+    first.signal(libc::SIGKILL);
+    let _ = first.finish(Duration::from_secs(10));
+    assert_eq!(
+        std::fs::metadata(&memory).unwrap().len(),
+        256 << 20,
+        "the memory file is the guest's RAM"
+    );
+
+    // Damaged snapshots and wrong memory files: exit 2, never a guest.
+    let good = std::fs::read(&snapshot).unwrap();
+    let damaged = s.0.join("damaged.snap");
+    let mut flipped = good.clone();
+    let last = flipped.len() - 10;
+    flipped[last] ^= 0x40;
+    std::fs::write(&damaged, &flipped).unwrap();
+    refused(&damaged, &memory, "corrupted (checksum mismatch)");
+    std::fs::write(&damaged, &good[..good.len() / 2]).unwrap();
+    refused(&damaged, &memory, "truncated");
+    let mut other = good.clone();
+    other[8] = 99;
+    std::fs::write(&damaged, &other).unwrap();
+    refused(&damaged, &memory, "format version 99");
+    refused(&disk, &memory, "not a kvmkit snapshot");
+    refused(&snapshot, &disk, "memory file");
+    refused(&snapshot, &s.0.join("nonexistent.mem"), "memory file");
+
+    // Restore in a new process: it counts on from where it was, and writes its disk.
+    let sock2 = s.0.join("second.sock");
+    let second = Background::spawn(
+        kvmkit()
+            .arg("--restore")
+            .arg(format!("{},mem={}", snapshot.display(), memory.display()))
+            .arg("--api-sock")
+            .arg(&sock2),
+    );
+    wait_for_tick(&second, at + 5);
+    let counted = ticks(&second.stdout());
+    assert_eq!(counted[0], at + 1, "the count goes on: {counted:?}");
+    wait_for_socket(&sock2);
+    let info: Value = serde_json::from_str(&call(&sock2, "GET", "/", None).unwrap().1).unwrap();
+    assert_eq!(info["state"], "Running");
+    let written = disk_tick(&disk);
+    assert!(
+        written > at,
+        "the disk got counts after the restore: {written}"
+    );
+    ok(
+        &sock2,
+        "PUT",
+        "/actions",
+        &json!({"action_type": "SendCtrlAltDel"}),
+    );
+    let (stdout, stderr, code) = second.finish(Duration::from_secs(60));
+    assert!(stdout.contains("KVMKIT-CTRL-ALT-DEL"), "{stdout}\n{stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // The same snapshot again, through the API: an independent VM that starts from the same count.
+    let sock3 = s.0.join("third.sock");
+    let third = Background::spawn(kvmkit().arg("--api-sock").arg(&sock3));
+    wait_for_socket(&sock3);
+    ok(
+        &sock3,
+        "PUT",
+        "/snapshot/load",
+        &json!({"snapshot_path": snapshot,
+                "mem_backend": {"backend_type": "File", "backend_path": memory},
+                "resume_vm": true}),
+    );
+    wait_for_tick(&third, at + 2);
+    assert_eq!(ticks(&third.stdout())[0], at + 1, "{}", third.stdout());
+    ok(
+        &sock3,
+        "PUT",
+        "/actions",
+        &json!({"action_type": "SendPowerButton"}),
+    );
+    let (stdout, stderr, code) = third.finish(Duration::from_secs(60));
+    assert!(stdout.contains("KVMKIT-POWER-BUTTON"), "{stdout}\n{stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
+}
