@@ -86,8 +86,12 @@ impl MmioTransport {
 
     /// Starts the device again after [`MmioTransport::suspend`] (or [`MmioTransport::restore`]) if the
     /// driver had set DRIVER_OK: each ready queue resumes at its used ring's index in guest memory.
+    /// A device that needs a reset stays stopped until the driver resets it.
     pub fn resume(&mut self) {
-        if self.active || !self.has(virtio_bindings::virtio_config::VIRTIO_CONFIG_S_DRIVER_OK) {
+        if self.active
+            || !self.has(virtio_bindings::virtio_config::VIRTIO_CONFIG_S_DRIVER_OK)
+            || self.interrupt.needs_reset()
+        {
             return;
         }
         for q in self.queues.iter_mut().filter(|q| q.ready()) {
