@@ -252,7 +252,8 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
 
 /// [`start`], with the vCPUs paused from the start if `paused` (a restored VM waiting for its
 /// resume).
-pub fn start_with(vm: Vm, input: Input, paused: bool) -> Result<RunningVm, Error> {
+pub fn start_with(mut vm: Vm, input: Input, paused: bool) -> Result<RunningVm, Error> {
+    vm.finish_msr_filter();
     let parts = vm
         .parts()
         .map_err(|e| Error::Setup(std::io::Error::other(e)))?;
@@ -266,6 +267,7 @@ pub fn start_with(vm: Vm, input: Input, paused: bool) -> Result<RunningVm, Error
         timeline,
         assist,
         restored_lstar,
+        msr_filter: _,
     } = vm;
     let setup = Error::Setup;
     let end = VmEnd::default();

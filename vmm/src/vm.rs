@@ -29,6 +29,9 @@ pub enum Error {
     /// A device could not be made or placed.
     #[error(transparent)]
     Devices(#[from] devices::Error),
+    /// A helper thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(String),
 }
 
 /// A VM ready to run: memory registered, devices on the buses, vCPUs created.
@@ -44,6 +47,8 @@ pub struct Vm {
     /// Each vCPU's LSTAR when it was restored from a snapshot (the instruction assist's system call
     /// bridge arms itself from it); empty for a VM that boots.
     pub(crate) restored_lstar: Vec<Option<u64>>,
+    /// The thread installing the LSTAR write trap, if one is being installed.
+    pub(crate) msr_filter: Option<std::thread::JoinHandle<accel::Result<()>>>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -97,17 +102,25 @@ impl Vm {
             .instruction_assist
             .enabled(software_kvm)
             .then(|| Arc::new(Assist::new(ram.memory().clone())));
+        let vm = Arc::new(vm);
         // The system call bridge (docs/software-kvm.md) learns the SYSCALL entry point from the guest's
-        // LSTAR write. Without the MSR filter guests still boot; their user space does not.
-        if assist.is_some()
-            && software_kvm
-            && let Err(e) = vm.trap_msr_writes(&[accel::x86::msr::LSTAR])
-        {
-            log::warn!("system call bridge off: {e}");
-        }
+        // LSTAR write. Without the MSR filter guests still boot; their user space does not. KVM takes
+        // ~13 ms to install a filter here (it waits for a grace period), so it is installed on a
+        // thread of its own while the kernel loads; the vCPUs start only once it is in.
+        let msr_filter = if assist.is_some() && software_kvm {
+            let vm = vm.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("kvmkit-msr-filter".into())
+                    .spawn(move || vm.trap_msr_writes(&[accel::x86::msr::LSTAR]))
+                    .map_err(|e| Error::Thread(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             kvm,
-            vm: Arc::new(vm),
+            vm,
             ram,
             devices: dm,
             legacy,
@@ -115,7 +128,19 @@ impl Vm {
             timeline,
             assist,
             restored_lstar: Vec::new(),
+            msr_filter,
         })
+    }
+
+    /// Waits for the MSR filter being installed in the background (before any vCPU runs).
+    pub(crate) fn finish_msr_filter(&mut self) {
+        if let Some(thread) = self.msr_filter.take() {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::warn!("system call bridge off: {e}"),
+                Err(_) => log::warn!("system call bridge off: the MSR filter's thread panicked"),
+            }
+        }
     }
 
     /// What a snapshot of this VM reads and a restore writes, shared.
