@@ -33,7 +33,7 @@ impl BusDevice for Sink {}
 /// A VM whose vCPU 0 runs `code` in long mode at 0x1000 (kvmkit's boot GDT and identity map).
 fn guest(code: &[u8], ram_size: u64) -> (Vcpu, GuestRam, accel::Vm) {
     let kvm = Kvm::new().expect("open /dev/kvm");
-    let mut vm = kvm.create_vm().expect("create VM");
+    let vm = kvm.create_vm().expect("create VM");
     vm.create_irqchip(accel::IrqChip::Full).expect("irqchip");
     vm.create_pit().expect("PIT");
     let ram = GuestRam::new(ram_size).expect("guest RAM");

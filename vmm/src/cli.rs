@@ -175,7 +175,10 @@ fn command() -> Command {
                 .long("memory")
                 .value_name("SIZE")
                 .default_value("256M")
-                .help("Guest RAM: 256M, 2G, size=512M; a bare number is MiB"),
+                .help(
+                    "Guest RAM: 256M, 2G, size=512M[,thp=on|off]; a bare number is MiB; thp \
+                     (transparent huge pages) is off by default",
+                ),
         )
         .arg(
             Arg::new("cpus")
@@ -300,6 +303,7 @@ where
         }
     };
     let get = |name: &str| m.get_one::<String>(name).cloned().unwrap_or_default();
+    let memory = config::parse_memory(&get("memory"))?;
     let log_level = m
         .get_one::<String>("log-level")
         .map(|l| crate::logger::parse_level(l))
@@ -337,7 +341,8 @@ where
             cmdline: get("cmdline"),
         },
         machine: MachineConfig {
-            memory: config::parse_memory(&get("memory"))?,
+            memory: memory.size,
+            transparent_huge_pages: memory.transparent_huge_pages,
             cpus: config::parse_cpus(&get("cpus"), MAX_CPUS)?,
             acpi: get("acpi") == "on",
             instruction_assist: get("instruction-assist").parse().map_err(Error::Usage)?,

@@ -72,6 +72,9 @@ impl Vm {
         timeline: Arc<Timeline>,
     ) -> Result<Self, Error> {
         let ram = GuestRam::new(machine.memory)?;
+        if machine.transparent_huge_pages {
+            ram.use_transparent_huge_pages();
+        }
         Self::with_ram(machine, devices, serial_out, timeline, ram)
     }
 
@@ -84,7 +87,23 @@ impl Vm {
         ram: GuestRam,
     ) -> Result<Self, Error> {
         let kvm = Kvm::new()?;
-        let mut vm = kvm.create_vm()?;
+        let vm = Arc::new(kvm.create_vm()?);
+        let software_kvm = kvm.is_software_backend();
+        // The system call bridge (docs/software-kvm.md) learns the SYSCALL entry point from the guest's
+        // LSTAR write. Without the MSR filter guests still boot; their user space does not. KVM takes
+        // ~13 ms to install a filter here (it waits for a grace period), so it is installed on a
+        // thread of its own while the rest of the VM is built; the vCPUs start only once it is in.
+        let msr_filter = if machine.instruction_assist.enabled(software_kvm) && software_kvm {
+            let vm = vm.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("kvmkit-msr-filter".into())
+                    .spawn(move || vm.trap_msr_writes(&[accel::x86::msr::LSTAR]))
+                    .map_err(|e| Error::Thread(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         vm.create_irqchip(IrqChip::Full)?;
         vm.create_pit()?;
         vm.add_guest_memory(ram.memory())?;
@@ -97,27 +116,10 @@ impl Vm {
         let vcpus = (0..u64::from(machine.cpus))
             .map(|id| vm.create_vcpu(id))
             .collect::<Result<Vec<_>, _>>()?;
-        let software_kvm = kvm.is_software_backend();
         let assist = machine
             .instruction_assist
             .enabled(software_kvm)
             .then(|| Arc::new(Assist::new(ram.memory().clone())));
-        let vm = Arc::new(vm);
-        // The system call bridge (docs/software-kvm.md) learns the SYSCALL entry point from the guest's
-        // LSTAR write. Without the MSR filter guests still boot; their user space does not. KVM takes
-        // ~13 ms to install a filter here (it waits for a grace period), so it is installed on a
-        // thread of its own while the kernel loads; the vCPUs start only once it is in.
-        let msr_filter = if assist.is_some() && software_kvm {
-            let vm = vm.clone();
-            Some(
-                std::thread::Builder::new()
-                    .name("kvmkit-msr-filter".into())
-                    .spawn(move || vm.trap_msr_writes(&[accel::x86::msr::LSTAR]))
-                    .map_err(|e| Error::Thread(e.to_string()))?,
-            )
-        } else {
-            None
-        };
         Ok(Self {
             kvm,
             vm,

@@ -36,7 +36,7 @@ pub struct Vm {
     /// Keeps every registered mapping alive as long as KVM may access it: shared with every vCPU, so
     /// the mappings outlive both this handle and all vCPUs.
     memory: Arc<Mutex<Vec<GuestMemoryMmap>>>,
-    next_slot: u32,
+    next_slot: std::sync::atomic::AtomicU32,
 }
 
 impl Vm {
@@ -48,7 +48,7 @@ impl Vm {
             max_vcpus,
             max_slots,
             memory: Arc::new(Mutex::new(Vec::new())),
-            next_slot: 0,
+            next_slot: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -86,16 +86,18 @@ impl Vm {
 
     /// Registers every region of `memory` as a KVM memory slot. The VM keeps a handle on the mappings so
     /// they outlive every use KVM makes of them.
-    pub fn add_guest_memory(&mut self, memory: &GuestMemoryMmap) -> Result<()> {
+    pub fn add_guest_memory(&self, memory: &GuestMemoryMmap) -> Result<()> {
+        use std::sync::atomic::Ordering;
         for region in memory.iter() {
-            if self.next_slot as usize >= self.max_slots {
+            let next = self.next_slot.fetch_add(1, Ordering::SeqCst);
+            if next as usize >= self.max_slots {
                 return Err(Error::TooManySlots(self.max_slots));
             }
             let host = region
                 .get_host_address(MemoryRegionAddress(0))
                 .map_err(|_| Error::TooManySlots(self.max_slots))?;
             let slot = kvm_userspace_memory_region {
-                slot: self.next_slot,
+                slot: next,
                 flags: 0,
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
@@ -106,7 +108,6 @@ impl Vm {
             // VM and each of its vCPUs hold, so the mapping stays valid while KVM can run guest code.
             unsafe { self.fd.set_user_memory_region(slot) }
                 .map_err(Error::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
-            self.next_slot += 1;
         }
         self.memory
             .lock()

@@ -11,7 +11,7 @@ const COUNT: [u8; 5] = [0x40, 0xe7, 0x80, 0xeb, 0xfb];
 
 fn machine(mem: &GuestMemoryMmap) -> (Kvm, Vm, Vcpu) {
     let kvm = Kvm::new().unwrap();
-    let mut vm = kvm.create_vm().unwrap();
+    let vm = kvm.create_vm().unwrap();
     vm.create_irqchip(IrqChip::Full).unwrap();
     vm.create_pit().unwrap();
     vm.add_guest_memory(mem).unwrap();

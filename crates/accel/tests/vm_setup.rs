@@ -8,7 +8,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 /// A VM whose vCPU 0 spins in real mode at 0x1000 (`jmp $`).
 fn spinning_vcpu(chip: IrqChip) -> (kvmkit_accel::Vm, kvmkit_accel::Vcpu) {
     let kvm = Kvm::new().unwrap();
-    let mut vm = kvm.create_vm().unwrap();
+    let vm = kvm.create_vm().unwrap();
     vm.create_irqchip(chip).unwrap();
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
     mem.write_slice(&[0xeb, 0xfe], GuestAddress(0x1000))

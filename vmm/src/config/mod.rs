@@ -86,6 +86,10 @@ pub struct MachineConfig {
     pub acpi: bool,
     /// When to finish instructions a software KVM backend cannot run.
     pub instruction_assist: crate::software_kvm::AssistMode,
+    /// Back guest RAM with transparent huge pages (`--memory size=...,thp=on`; off by default, as
+    /// in Firecracker: here a huge page's first touch often waits for the host to compact memory).
+    #[serde(default)]
+    pub transparent_huge_pages: bool,
 }
 
 impl Default for MachineConfig {
@@ -95,6 +99,7 @@ impl Default for MachineConfig {
             cpus: 1,
             acpi: true,
             instruction_assist: Default::default(),
+            transparent_huge_pages: false,
         }
     }
 }
@@ -151,26 +156,49 @@ pub fn parse_size(s: &str) -> Result<u64, Error> {
     n.checked_mul(1u64 << shift).ok_or_else(err)
 }
 
-/// Parses `--memory`: a size ([`parse_size`]) or Cloud Hypervisor's `size=SIZE`. A bare number is
-/// MiB, as QEMU's `-m` and Firecracker's `mem_size_mib` read it.
+/// `--memory`: the size, and whether to back it with transparent huge pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryOption {
+    /// Bytes.
+    pub size: u64,
+    /// `thp=on`, or `off` (the default).
+    pub transparent_huge_pages: bool,
+}
+
+/// Parses `--memory`: a size ([`parse_size`]), or Cloud Hypervisor's `size=SIZE[,thp=on|off]`. A bare
+/// number is MiB, as QEMU's `-m` and Firecracker's `mem_size_mib` read it.
 ///
 /// ```
 /// use kvmkit::config::parse_memory;
-/// assert_eq!(parse_memory("512").unwrap(), 512 << 20);
-/// assert_eq!(parse_memory("size=2G").unwrap(), 2 << 30);
-/// assert_eq!(parse_memory("4096K").unwrap(), 4 << 20);
+/// assert_eq!(parse_memory("512").unwrap().size, 512 << 20);
+/// assert_eq!(parse_memory("size=2G").unwrap().size, 2 << 30);
+/// assert_eq!(parse_memory("4096K").unwrap().size, 4 << 20);
+/// assert!(parse_memory("size=1G,thp=on").unwrap().transparent_huge_pages);
 /// assert!(parse_memory("size=2G,shared=on").is_err());
 /// ```
-pub fn parse_memory(s: &str) -> Result<u64, Error> {
-    let value = s.trim();
-    let value = value.strip_prefix("size=").unwrap_or(value);
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        let mib: u64 = value.parse().map_err(|_| Error::Size(s.to_owned()))?;
-        return mib
-            .checked_mul(1 << 20)
-            .ok_or_else(|| Error::Size(s.to_owned()));
+pub fn parse_memory(s: &str) -> Result<MemoryOption, Error> {
+    let err = || Error::Size(s.to_owned());
+    let mut items = s.trim().split(',');
+    let first = items.next().unwrap_or_default();
+    let value = first.strip_prefix("size=").unwrap_or(first);
+    let size = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        let mib: u64 = value.parse().map_err(|_| err())?;
+        mib.checked_mul(1 << 20).ok_or_else(err)?
+    } else {
+        parse_size(value).map_err(|_| err())?
+    };
+    let mut transparent_huge_pages = false;
+    for item in items {
+        transparent_huge_pages = match item {
+            "thp=on" => true,
+            "thp=off" => false,
+            _ => return Err(err()),
+        };
     }
-    parse_size(value).map_err(|_| Error::Size(s.to_owned()))
+    Ok(MemoryOption {
+        size,
+        transparent_huge_pages,
+    })
 }
 
 /// Parses `--restore SNAPSHOT,mem=MEMORY_FILE`.
@@ -217,11 +245,19 @@ mod tests {
 
     #[test]
     fn memory_sizes_take_mib_by_default_and_cloud_hypervisors_form() {
-        assert_eq!(parse_memory("256").unwrap(), 256 << 20);
-        assert_eq!(parse_memory("256M").unwrap(), 256 << 20);
-        assert_eq!(parse_memory("size=512M").unwrap(), 512 << 20);
-        assert_eq!(parse_memory("size=1024").unwrap(), 1 << 30);
-        assert_eq!(parse_memory("1G").unwrap(), 1 << 30);
+        let size = |s| parse_memory(s).unwrap().size;
+        assert_eq!(size("256"), 256 << 20);
+        assert_eq!(size("256M"), 256 << 20);
+        assert_eq!(size("size=512M"), 512 << 20);
+        assert_eq!(size("size=1024"), 1 << 30);
+        assert_eq!(size("1G"), 1 << 30);
+        assert!(!parse_memory("1G").unwrap().transparent_huge_pages);
+        assert!(
+            parse_memory("size=1G,thp=on")
+                .unwrap()
+                .transparent_huge_pages
+        );
+        assert!(parse_memory("size=1G,thp=maybe").is_err());
         for bad in [
             "",
             "size=",

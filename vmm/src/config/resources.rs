@@ -145,8 +145,8 @@ pub fn machine(m: &MachineConfiguration) -> Result<(u32, u64), Error> {
     if m.track_dirty_pages {
         return Err(unsupported("track_dirty_pages"));
     }
-    if m.huge_pages != HugePages::None {
-        return Err(unsupported("huge_pages other than None"));
+    if m.huge_pages == HugePages::Huge2M {
+        return Err(unsupported("huge_pages 2M (hugetlbfs)"));
     }
     if !(1..=MAX_VCPUS).contains(&m.vcpu_count) {
         return Err(Error::Vcpus(m.vcpu_count));
@@ -325,6 +325,11 @@ impl VmResources {
         };
         config.machine.cpus = cpus;
         config.machine.memory = memory;
+        // Firecracker's default is no huge pages; Transparent asks for them.
+        config.machine.transparent_huge_pages = self
+            .machine_config
+            .as_ref()
+            .is_some_and(|m| m.huge_pages == HugePages::Transparent);
         config.devices = devices;
         Ok(config)
     }
@@ -379,6 +384,11 @@ impl VmResources {
             machine_config: Some(MachineConfiguration {
                 vcpu_count: config.machine.cpus,
                 mem_size_mib: config.machine.memory >> 20,
+                huge_pages: if config.machine.transparent_huge_pages {
+                    HugePages::Transparent
+                } else {
+                    HugePages::None
+                },
                 ..MachineConfiguration::default()
             }),
             network_interfaces,
