@@ -7,8 +7,8 @@
 //! vCPUs run.
 
 use kvm_bindings::{
-    CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs,
-    kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs,
+    CpuId, KVM_MAX_CPUID_ENTRIES, kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip,
+    kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs,
     kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use serde::{Deserialize, Serialize};
@@ -119,25 +119,10 @@ impl Vcpu {
         let mut out = Vec::with_capacity(indices.len());
         let mut rest = indices;
         while !rest.is_empty() {
-            let batch = &rest[..rest.len().min(MSR_BATCH)];
-            let entries: Vec<kvm_msr_entry> = batch
-                .iter()
-                .map(|&index| kvm_msr_entry {
-                    index,
-                    ..Default::default()
-                })
-                .collect();
-            let mut msrs = Msrs::from_entries(&entries).map_err(|_| Error::Ioctl {
-                op: "KVM_GET_MSRS",
-                source: kvm_ioctls::Error::new(libc::E2BIG),
-            })?;
-            let read = self
-                .fd()
-                .get_msrs(&mut msrs)
-                .map_err(Error::ioctl("KVM_GET_MSRS"))?;
-            out.extend_from_slice(&msrs.as_slice()[..read]);
+            let read = self.get_msrs(&rest[..rest.len().min(MSR_BATCH)])?;
             // Past the ones read, and past the one refused.
-            rest = &rest[(read + 1).min(rest.len())..];
+            rest = &rest[(read.len() + 1).min(rest.len())..];
+            out.extend(read);
         }
         Ok(out)
     }

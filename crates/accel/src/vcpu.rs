@@ -235,6 +235,19 @@ impl Vcpu {
 
     /// Reads the MSRs in `indices`, in order; fails unless KVM returned every one.
     pub fn msrs(&self, indices: &[u32]) -> Result<Vec<u64>> {
+        let read = self.get_msrs(indices)?;
+        if read.len() != indices.len() {
+            return Err(Error::Ioctl {
+                op: "KVM_GET_MSRS (an MSR was refused)",
+                source: kvm_ioctls::Error::new(libc::EINVAL),
+            });
+        }
+        Ok(read.iter().map(|e| e.data).collect())
+    }
+
+    /// One `KVM_GET_MSRS` of `indices`: the entries KVM read, which stop before the first MSR it
+    /// refuses.
+    pub(crate) fn get_msrs(&self, indices: &[u32]) -> Result<Vec<kvm_msr_entry>> {
         let entries: Vec<kvm_msr_entry> = indices
             .iter()
             .map(|&index| kvm_msr_entry {
@@ -250,13 +263,7 @@ impl Vcpu {
             .fd
             .get_msrs(&mut msrs)
             .map_err(Error::ioctl("KVM_GET_MSRS"))?;
-        if read != indices.len() {
-            return Err(Error::Ioctl {
-                op: "KVM_GET_MSRS (an MSR was refused)",
-                source: kvm_ioctls::Error::new(libc::EINVAL),
-            });
-        }
-        Ok(msrs.as_slice().iter().map(|e| e.data).collect())
+        Ok(msrs.as_slice()[..read].to_vec())
     }
 
     /// Sets (or with `None` clears) an execution breakpoint at guest linear address `addr`, through
