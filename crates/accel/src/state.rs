@@ -119,9 +119,11 @@ impl Vcpu {
         let mut out = Vec::with_capacity(indices.len());
         let mut rest = indices;
         while !rest.is_empty() {
-            let read = self.get_msrs(&rest[..rest.len().min(MSR_BATCH)])?;
-            // Past the ones read, and past the one refused.
-            rest = &rest[(read.len() + 1).min(rest.len())..];
+            let batch = &rest[..rest.len().min(MSR_BATCH)];
+            let read = self.get_msrs(batch)?;
+            // Past the ones read, and past the one refused if KVM stopped short of the batch's end.
+            let refused = usize::from(read.len() < batch.len());
+            rest = &rest[read.len() + refused..];
             out.extend(read);
         }
         Ok(out)
