@@ -254,9 +254,7 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
 /// resume).
 pub fn start_with(mut vm: Vm, input: Input, paused: bool) -> Result<RunningVm, Error> {
     vm.finish_msr_filter();
-    let parts = vm
-        .parts()
-        .map_err(|e| Error::Setup(std::io::Error::other(e)))?;
+    let parts = vm.parts();
     let Vm {
         kvm,
         vm: kvm_vm,

@@ -36,7 +36,7 @@ pub enum Error {
 
 /// A VM ready to run: memory registered, devices on the buses, vCPUs created.
 pub struct Vm {
-    pub(crate) kvm: Kvm,
+    pub(crate) kvm: Arc<Kvm>,
     pub(crate) vm: Arc<accel::Vm>,
     pub(crate) ram: GuestRam,
     pub(crate) devices: DeviceManager,
@@ -86,14 +86,15 @@ impl Vm {
         timeline: Arc<Timeline>,
         ram: GuestRam,
     ) -> Result<Self, Error> {
-        let kvm = Kvm::new()?;
+        let kvm = Arc::new(Kvm::new()?);
         let vm = Arc::new(kvm.create_vm()?);
         let software_kvm = kvm.is_software_backend();
+        let assist_on = machine.instruction_assist.enabled(software_kvm);
         // The system call bridge (docs/software-kvm.md) learns the SYSCALL entry point from the guest's
         // LSTAR write. Without the MSR filter guests still boot; their user space does not. KVM takes
         // ~13 ms to install a filter here (it waits for a grace period), so it is installed on a
         // thread of its own while the rest of the VM is built; the vCPUs start only once it is in.
-        let msr_filter = if machine.instruction_assist.enabled(software_kvm) && software_kvm {
+        let msr_filter = if assist_on && software_kvm {
             let vm = vm.clone();
             Some(
                 std::thread::Builder::new()
@@ -116,10 +117,7 @@ impl Vm {
         let vcpus = (0..u64::from(machine.cpus))
             .map(|id| vm.create_vcpu(id))
             .collect::<Result<Vec<_>, _>>()?;
-        let assist = machine
-            .instruction_assist
-            .enabled(software_kvm)
-            .then(|| Arc::new(Assist::new(ram.memory().clone())));
+        let assist = assist_on.then(|| Arc::new(Assist::new(ram.memory().clone())));
         Ok(Self {
             kvm,
             vm,
@@ -146,11 +144,11 @@ impl Vm {
     }
 
     /// What a snapshot of this VM reads and a restore writes, shared.
-    pub fn parts(&self) -> Result<crate::snapshot::VmParts, Error> {
-        Ok(crate::snapshot::VmParts {
+    pub fn parts(&self) -> crate::snapshot::VmParts {
+        crate::snapshot::VmParts {
+            kvm: self.kvm.clone(),
             vm: self.vm.clone(),
             ram: self.ram.clone(),
-            msr_indices: self.kvm.msr_index_list()?.as_slice().to_vec(),
             serial: self.legacy.serial.clone(),
             i8042: self.legacy.i8042.clone(),
             rtc: self.legacy.rtc.clone(),
@@ -161,7 +159,7 @@ impl Vm {
                 .iter()
                 .map(|s| (s.name.clone(), s.transport.clone()))
                 .collect(),
-        })
+        }
     }
 
     /// Puts the VM in the state a snapshot saved, instead of loading a kernel: devices, KVM's VM
@@ -178,9 +176,7 @@ impl Vm {
                 self.vcpus.len()
             )));
         }
-        self.parts()
-            .map_err(|e| E::Mismatch(e.to_string()))?
-            .restore(state)?;
+        self.parts().restore(state)?;
         self.restored_lstar.clear();
         for (vcpu, saved) in self.vcpus.iter().zip(&state.vcpus) {
             vcpu.restore_state(saved)?;

@@ -73,12 +73,12 @@ pub enum Error {
 /// Everything a running VM's snapshot reads, shared with the VM's threads.
 #[derive(Debug)]
 pub struct VmParts {
+    /// KVM itself (the list of MSRs to save, read when a snapshot is made).
+    pub kvm: Arc<accel::Kvm>,
     /// The KVM VM (clock, irqchips, PIT).
     pub vm: Arc<accel::Vm>,
     /// Guest RAM.
     pub ram: GuestRam,
-    /// The MSRs KVM lists, to save from each vCPU.
-    pub msr_indices: Vec<u32>,
     /// COM1.
     pub serial: Arc<Mutex<Serial>>,
     /// The keyboard controller.
@@ -149,7 +149,7 @@ impl VmParts {
         snapshot: &Path,
         memory: &Path,
     ) -> Result<(), Error> {
-        let msrs = self.msr_indices.clone();
+        let msrs = self.kvm.msr_index_list()?.as_slice().to_vec();
         let vcpu_states = vcpus
             .on_each_paused(move |vcpu| vcpu.save_state(&msrs))?
             .into_iter()
