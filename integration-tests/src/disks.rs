@@ -12,9 +12,10 @@ pub const HELLO: &str = "hello from the host image";
 pub struct Scratch(pub PathBuf);
 
 impl Scratch {
-    /// A fresh directory for test `name` (removed first if a killed run left it).
+    /// A fresh directory `kvmkit-{name}-{pid}` for test `name` (removed first if a killed run
+    /// left it).
     pub fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("kvmkit-disk-{name}-{}", std::process::id()));
+        let p = std::env::temp_dir().join(format!("kvmkit-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create a scratch directory");
         Self(p)

@@ -11,10 +11,11 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use kvmkit_integration_tests::disks::Scratch;
 use kvmkit_integration_tests::{Background, guest_cmdline, guest_dir};
 use serde_json::{Value, json};
 
@@ -22,23 +23,6 @@ use serde_json::{Value, json};
 const BOOT_LIMIT: Duration = Duration::from_secs(600);
 
 /// A scratch directory for one test.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("kvmkit-api-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The VM both tests boot, as Firecracker's JSON objects: the test kernel and initramfs, one vCPU,
 /// 256 MiB, and a read-only scratch disk.
 fn objects(disk: &Path) -> (Value, Value, Value) {
@@ -232,7 +216,7 @@ fn slowloris(sock: &Path) {
 
 #[test]
 fn a_firecracker_curl_sequence_boots_pauses_resumes_and_powers_off_the_guest() {
-    let s = Scratch::new("curl");
+    let s = Scratch::new("api-curl");
     let disk = s.0.join("scratch.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let sock = s.0.join("kvmkit.sock");
@@ -406,7 +390,7 @@ fn a_firecracker_curl_sequence_boots_pauses_resumes_and_powers_off_the_guest() {
 
 #[test]
 fn the_same_json_as_a_config_file_boots_and_ctrl_alt_del_reboots_the_guest() {
-    let s = Scratch::new("file");
+    let s = Scratch::new("api-file");
     let disk = s.0.join("scratch.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let (sock, file, log) = (

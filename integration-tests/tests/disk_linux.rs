@@ -49,7 +49,7 @@ fn two_disk_guest(a: &Path, b: &Path, mode: &str) -> Command {
 
 #[test]
 fn data_the_guest_synced_survives_kill_9() {
-    let s = Scratch::new("kill");
+    let s = Scratch::new("disk-kill");
     let (a, b) = two_disks(&s);
     let mut child = two_disk_guest(&a, &b, "disk-then-hang")
         .stdout(Stdio::piped())
@@ -83,7 +83,7 @@ fn data_the_guest_synced_survives_kill_9() {
 #[test]
 fn boots_from_an_ext4_root_disk_found_through_the_command_line() {
     // With --acpi off the kernel learns of the disk from virtio_mmio.device= on its command line.
-    let s = Scratch::new("root");
+    let s = Scratch::new("disk-root");
     let root = s.0.join("root");
     for d in ["dev", "proc", "sys", "mnt"] {
         std::fs::create_dir_all(root.join(d)).unwrap();

@@ -9,30 +9,14 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kvmkit::api::client::call;
+use kvmkit_integration_tests::disks::Scratch;
 use kvmkit_integration_tests::{Background, guest_cmdline, guest_dir};
 use serde_json::{Value, json};
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("kvmkit-snap-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn kvmkit() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kvmkit-e2e"))
@@ -105,7 +89,7 @@ fn refused(snapshot: &Path, memory: &Path, needle: &str) {
 
 #[test]
 fn a_counting_guest_is_snapshotted_killed_and_restored_twice_and_counts_on() {
-    let s = Scratch::new("count");
+    let s = Scratch::new("snap-count");
     let disk = s.0.join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let (snapshot, memory) = (s.0.join("vm.snap"), s.0.join("vm.mem"));
