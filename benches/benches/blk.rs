@@ -8,12 +8,13 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use memory::GuestMemoryMmap;
 use virtio::{ActiveQueue, Interrupt, QueueHandler};
 use virtio_bindings::virtio_blk::VIRTIO_BLK_T_IN;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_devices::block::{DiskImage, Requests, request};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 const DESC: u64 = 0x10000;
@@ -23,7 +24,7 @@ const QUEUE_SIZE: u16 = 256;
 const DATA: u64 = 0x100000;
 
 fn memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap()
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap()
 }
 
 /// `n` read requests of 4 KiB (header, data, status: three descriptors each) in the available ring.

@@ -40,7 +40,8 @@ fn guest(code: &[u8], ram_size: u64) -> (Vcpu, GuestRam, accel::Vm) {
     ram.memory()
         .write_slice(code, GuestAddress(0x1000))
         .expect("write code");
-    vm.add_guest_memory(ram.memory()).expect("register RAM");
+    vm.add_guest_memory(ram.memory(), false)
+        .expect("register RAM");
     let vcpu = vm.create_vcpu(0).expect("create vCPU");
     machine::cpu::setup_boot_cpu(&vcpu, ram.memory(), machine::EntryKind::Linux64, 0x1000, 0)
         .expect("long mode");

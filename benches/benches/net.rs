@@ -8,11 +8,12 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use memory::GuestMemoryMmap;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_devices::net::rx::{Delivery, Scratch, deliver};
 use virtio_devices::net::{HDR_LEN, tx};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 const DESC: u64 = 0x10000;
 const AVAIL: u64 = 0x20000;
@@ -21,7 +22,7 @@ const SIZE: u16 = 256;
 const BUFFERS: u64 = 0x100000;
 
 fn memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap()
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap()
 }
 
 fn queue() -> Queue {

@@ -14,7 +14,8 @@ use std::sync::OnceLock;
 use kvmkit_virtio_devices::block::{DiskImage, execute::execute, request::parse};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use kvmkit_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 const MEM_SIZE: usize = 64 << 10;
 
@@ -37,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     let size_raw = u16::from_le_bytes([data[0], data[1]]).clamp(1, 256);
     let size = 1u16 << (15 - size_raw.leading_zeros());
     let avail_idx = u16::from_le_bytes([data[2], data[3]]);
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
     let body = &data[4..data.len().min(4 + MEM_SIZE)];
     mem.write_slice(body, GuestAddress(0)).unwrap();
     mem.write_obj(avail_idx, GuestAddress(0x1002)).unwrap();

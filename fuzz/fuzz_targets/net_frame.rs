@@ -16,7 +16,8 @@ use kvmkit_virtio_devices::net::rx::{Delivery, Scratch, deliver};
 use kvmkit_virtio_devices::net::{HDR_LEN, MAX_FRAME, tx};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use kvmkit_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 const MEM_SIZE: usize = 64 << 10;
 
@@ -40,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
     let rx_avail = u16::from_le_bytes([data[3], data[4]]);
     let tx_avail = u16::from_le_bytes([data[5], data[6]]);
     let frame_len = usize::from(u16::from_le_bytes([data[7], data[8]])).min(MAX_FRAME);
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
     let body = &data[9..data.len().min(9 + MEM_SIZE)];
     mem.write_slice(body, GuestAddress(0)).unwrap();
     mem.write_obj(rx_avail, GuestAddress(0x1002)).unwrap();

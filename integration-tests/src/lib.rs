@@ -79,7 +79,7 @@ impl TinyGuest {
             cpus: 1,
             acpi: true,
             instruction_assist: assist,
-            transparent_huge_pages: false,
+            ..MachineConfig::default()
         };
         let vm = Vm::new(
             &machine,

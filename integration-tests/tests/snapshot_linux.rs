@@ -88,7 +88,7 @@ fn refused(snapshot: &Path, memory: &Path, needle: &str) {
 }
 
 #[test]
-fn a_counting_guest_is_snapshotted_killed_and_restored_twice_and_counts_on() {
+fn a_counting_guest_is_snapshotted_killed_restored_twice_diffed_and_counts_on() {
     let s = Scratch::new("snap-count");
     let disk = s.0.join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
@@ -140,6 +140,10 @@ fn a_counting_guest_is_snapshotted_killed_and_restored_twice_and_counts_on() {
     ok(&sock, "PATCH", "/vm", &json!({"state": "Paused"}));
     std::thread::sleep(Duration::from_millis(300));
     let at = ticks(&first.stdout()).last().copied().unwrap();
+    let diff = json!({"snapshot_type": "Diff", "snapshot_path": snapshot, "mem_file_path": memory});
+    let (status, text) = api(&sock, "PUT", "/snapshot/create", &diff);
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("track_dirty_pages"), "{text}");
     ok(&sock, "PUT", "/snapshot/create", &params);
     assert_eq!(disk_tick(&disk), at, "the disk has the last count");
     first.signal(libc::SIGKILL);
@@ -198,7 +202,8 @@ fn a_counting_guest_is_snapshotted_killed_and_restored_twice_and_counts_on() {
     assert!(stdout.contains("KVMKIT-CTRL-ALT-DEL"), "{stdout}\n{stderr}");
     assert_eq!(code, Some(0), "{stderr}");
 
-    // The same snapshot again, through the API: an independent VM that starts from the same count.
+    // The same snapshot again, through the API: an independent VM that starts from the same count,
+    // logging dirty pages.
     let sock3 = s.0.join("third.sock");
     let third = Background::spawn(kvmkit().arg("--api-sock").arg(&sock3));
     wait_for_socket(&sock3);
@@ -208,17 +213,64 @@ fn a_counting_guest_is_snapshotted_killed_and_restored_twice_and_counts_on() {
         "/snapshot/load",
         &json!({"snapshot_path": snapshot,
                 "mem_backend": {"backend_type": "File", "backend_path": memory},
-                "resume_vm": true}),
+                "track_dirty_pages": true, "resume_vm": true}),
     );
-    wait_for_tick(&third, at + 2);
+    wait_for_tick(&third, at + 5);
     assert_eq!(ticks(&third.stdout())[0], at + 1, "{}", third.stdout());
+
+    // A diff snapshot of it: the pages written since its restore, once over a sparse copy of the
+    // full snapshot's memory file (which then is the RAM as it is now), once alone (small).
+    ok(&sock3, "PATCH", "/vm", &json!({"state": "Paused"}));
+    std::thread::sleep(Duration::from_millis(300));
+    let at3 = ticks(&third.stdout()).last().copied().unwrap();
+    let (diff_snap, merged, alone) = (
+        s.0.join("diff.snap"),
+        s.0.join("merged.mem"),
+        s.0.join("alone.mem"),
+    );
+    kvmkit_integration_tests::disks::run(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&memory)
+            .arg(&merged),
+    );
     ok(
         &sock3,
         "PUT",
-        "/actions",
-        &json!({"action_type": "SendPowerButton"}),
+        "/snapshot/create",
+        &json!({"snapshot_type": "Diff", "snapshot_path": diff_snap, "mem_file_path": merged}),
     );
-    let (stdout, stderr, code) = third.finish(Duration::from_secs(60));
-    assert!(stdout.contains("KVMKIT-POWER-BUTTON"), "{stdout}\n{stderr}");
-    assert_eq!(code, Some(0), "{stderr}");
+    ok(
+        &sock3,
+        "PUT",
+        "/snapshot/create",
+        &json!({"snapshot_type": "Diff", "snapshot_path": s.0.join("empty.snap"),
+                "mem_file_path": alone}),
+    );
+    use std::os::unix::fs::MetadataExt;
+    let (full_blocks, alone_meta) = (
+        std::fs::metadata(&memory).unwrap().blocks(),
+        std::fs::metadata(&alone).unwrap(),
+    );
+    assert_eq!(alone_meta.len(), 256 << 20);
+    assert!(
+        alone_meta.blocks() * 10 < full_blocks,
+        "a diff right after a diff is nearly empty: {} blocks, the full file {full_blocks}",
+        alone_meta.blocks()
+    );
+    third.signal(libc::SIGKILL);
+    let _ = third.finish(Duration::from_secs(10));
+
+    // The full snapshot's memory with the diff over it, and the diff's state: the count goes on
+    // from where the diff was taken.
+    let fourth = Background::spawn(kvmkit().arg("--restore").arg(format!(
+        "{},mem={}",
+        diff_snap.display(),
+        merged.display()
+    )));
+    wait_for_tick(&fourth, at3 + 3);
+    assert_eq!(ticks(&fourth.stdout())[0], at3 + 1, "{}", fourth.stdout());
+    fourth.signal(libc::SIGTERM);
+    let (stdout, stderr, code) = fourth.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(143), "{stdout}\n{stderr}");
 }

@@ -87,7 +87,7 @@ fn run(invocation: Invocation, timeline: Arc<Timeline>) -> i32 {
         Source::ConfigFile(_) => controller.start_now(None).map_err(|e| start_error(&e)),
         Source::Api => controller.wait_for_start(&signals).map_err(|sig| 128 + sig),
         Source::Restore { snapshot, memory } => controller
-            .restore_now(&snapshot, &memory, true)
+            .restore_now(&snapshot, &memory, true, false)
             .map_err(|e| start_error(&e)),
     };
     drop(signals);

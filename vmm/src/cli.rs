@@ -176,8 +176,9 @@ fn command() -> Command {
                 .value_name("SIZE")
                 .default_value("256M")
                 .help(
-                    "Guest RAM: 256M, 2G, size=512M[,thp=on|off]; a bare number is MiB; thp \
-                     (transparent huge pages) is off by default",
+                    "Guest RAM: 256M, 2G, size=512M[,thp=on|off][,track_dirty_pages=on|off]; a \
+                     bare number is MiB; thp (transparent huge pages) and track_dirty_pages (for \
+                     diff snapshots) are off by default",
                 ),
         )
         .arg(
@@ -343,6 +344,7 @@ where
         machine: MachineConfig {
             memory: memory.size,
             transparent_huge_pages: memory.transparent_huge_pages,
+            track_dirty_pages: memory.track_dirty_pages,
             cpus: config::parse_cpus(&get("cpus"), MAX_CPUS)?,
             acpi: get("acpi") == "on",
             instruction_assist: get("instruction-assist").parse().map_err(Error::Usage)?,

@@ -394,12 +394,14 @@ impl Controller {
     }
 
     /// Restores the VM `snapshot` (and its RAM in `memory`) saved, running unless `resume` is false
-    /// (then it starts paused). Returns it for the caller to wait on.
+    /// (then it starts paused), logging dirty pages if it did or `track_dirty_pages`. Returns it
+    /// for the caller to wait on.
     pub fn restore_now(
         &self,
         snapshot: &std::path::Path,
         memory: &std::path::Path,
         resume: bool,
+        track_dirty_pages: bool,
     ) -> Result<Launched, Error> {
         let mut state = self.configuring()?;
         if state.resources.boot_source.is_some() {
@@ -414,6 +416,7 @@ impl Controller {
             &self.base,
             self.timeline.clone(),
             resume,
+            track_dirty_pages,
         )
         .map_err(Error::Restore)?;
         state.resources = VmResources::describe(&config);
@@ -436,6 +439,7 @@ impl Controller {
             &params.snapshot_path,
             memory,
             params.resume_vm.unwrap_or(false),
+            params.tracks_dirty_pages(),
         )?;
         self.lock().started = Some(launched);
         self.changed.notify_all();
@@ -450,19 +454,26 @@ impl Controller {
                 "the microVM must be paused first (PATCH /vm {\"state\": \"Paused\"})".into(),
             ));
         }
-        if params.snapshot_type == Some(SnapshotType::Diff) {
-            return Err(Error::CreateSnapshot(
-                "Diff snapshots are not supported by kvmkit yet; take a Full one".into(),
-            ));
-        }
         let Some(config) = state.config.clone() else {
             return Err(Error::BeforeStart);
         };
+        let kind = match params.snapshot_type {
+            Some(SnapshotType::Diff) if !config.machine.track_dirty_pages => {
+                return Err(Error::CreateSnapshot(
+                    "Diff snapshots need dirty-page tracking: set track_dirty_pages in \
+                     /machine-config (or on /snapshot/load), or --memory ...,track_dirty_pages=on"
+                        .into(),
+                ));
+            }
+            Some(SnapshotType::Diff) => crate::snapshot::Kind::Diff,
+            _ => crate::snapshot::Kind::Full,
+        };
         let started = std::time::Instant::now();
-        vm.snapshot(&config, &params.snapshot_path, &params.mem_file_path)
+        let pages = vm
+            .snapshot(&config, kind, &params.snapshot_path, &params.mem_file_path)
             .map_err(|e| Error::CreateSnapshot(e.to_string()))?;
         log::info!(
-            "snapshot {} written in {:.1} ms",
+            "{kind:?} snapshot {} written in {:.1} ms ({pages} pages of memory)",
             params.snapshot_path.display(),
             started.elapsed().as_secs_f64() * 1e3
         );

@@ -1,6 +1,6 @@
 //! What the VM's event loop (`kvmkit-events`) watches: each source is an event-manager subscriber
 //! that may end the VM through the shared [`VmEnd`]. The loop runs every source registered with it,
-//! these and any a caller adds ([`crate::run::RunningVm::add_event_source`]).
+//! these and any a caller adds ([`crate::run::VmHandle::add_event_source`]).
 
 use std::collections::VecDeque;
 use std::fs::File;

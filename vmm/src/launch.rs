@@ -139,22 +139,26 @@ pub fn launch(config: &VmConfig, timeline: Arc<Timeline>) -> Result<Launched, La
 }
 
 /// Restores the VM a snapshot saved (`snapshot`, with its RAM in `memory`): the configuration is
-/// the snapshot's, the serial console and boot timeline `base`'s. The vCPUs start paused unless
-/// `resume`. Returns the running VM and its configuration.
+/// the snapshot's (with dirty-page tracking on if `track_dirty_pages`), the serial console and
+/// boot timeline `base`'s. The vCPUs start paused unless `resume`. Returns the running VM and its
+/// configuration.
 pub fn launch_restore(
     snapshot: &std::path::Path,
     memory: &std::path::Path,
     base: &VmConfig,
     timeline: Arc<Timeline>,
     resume: bool,
+    track_dirty_pages: bool,
 ) -> Result<(Launched, VmConfig), LaunchError> {
     let state: crate::snapshot::SnapshotState = crate::snapshot::format::load(snapshot)
         .map_err(|e| LaunchError::new(EXIT_BAD_INPUT, &e))?;
     let ram = crate::snapshot::map_memory(memory, state.machine.memory)
         .map_err(|e| LaunchError::new(EXIT_BAD_INPUT, &e))?;
+    let mut machine = state.machine.clone();
+    machine.track_dirty_pages |= track_dirty_pages;
     let config = VmConfig {
         boot: state.boot.clone(),
-        machine: state.machine.clone(),
+        machine,
         devices: state.devices.clone(),
         serial: base.serial.clone(),
         boot_timeline: base.boot_timeline,

@@ -194,22 +194,26 @@ impl VmHandle {
         &self.timeline
     }
 
-    /// Saves the paused VM, described by `config`, to `snapshot` and its RAM to `memory`.
+    /// Saves the paused VM, described by `config`, to `snapshot` and its RAM (all of it, or the
+    /// pages written since the last snapshot: `kind`) to `memory`. Returns the pages of RAM the
+    /// memory file got.
     pub fn snapshot(
         &self,
         config: &crate::config::VmConfig,
+        kind: crate::snapshot::Kind,
         snapshot: &std::path::Path,
         memory: &std::path::Path,
-    ) -> Result<(), crate::snapshot::Error> {
+    ) -> Result<u64, crate::snapshot::Error> {
         self.parts.create(
             &self.vcpus,
             (&config.boot, &config.machine, &config.devices),
+            kind,
             snapshot,
             memory,
         )
     }
 
-    /// Where event sources end the VM: a source made for [`RunningVm::add_event_source`] keeps a
+    /// Where event sources end the VM: a source made for [`VmHandle::add_event_source`] keeps a
     /// clone and calls [`VmEnd::end`].
     pub fn vm_end(&self) -> VmEnd {
         self.end.clone()

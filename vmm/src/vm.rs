@@ -107,7 +107,7 @@ impl Vm {
         };
         vm.create_irqchip(IrqChip::Full)?;
         vm.create_pit()?;
-        vm.add_guest_memory(ram.memory())?;
+        vm.add_guest_memory(ram.memory(), machine.track_dirty_pages)?;
         timeline.mark(Event::MemoryReady);
 
         let mut dm = DeviceManager::new(machine.acpi);

@@ -7,7 +7,7 @@ use kvm_bindings::{
     CpuId, Msrs, kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_translation,
 };
 use kvm_ioctls::VcpuFd;
-use vm_memory::GuestMemoryMmap;
+use memory::GuestMemoryMmap;
 
 use crate::exit::{SystemEvent, internal_error};
 use crate::{Error, InternalError, Result, VcpuExit};

@@ -5,7 +5,8 @@ use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_r
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use memory::GuestMemoryMmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{Error, Result, Vcpu};
@@ -37,6 +38,9 @@ pub struct Vm {
     /// the mappings outlive both this handle and all vCPUs.
     memory: Arc<Mutex<Vec<GuestMemoryMmap>>>,
     next_slot: std::sync::atomic::AtomicU32,
+    /// The slots KVM logs writes to (`KVM_MEM_LOG_DIRTY_PAGES`): number and size, in the order
+    /// they were added.
+    logged_slots: Mutex<Vec<(u32, usize)>>,
 }
 
 impl Vm {
@@ -49,6 +53,7 @@ impl Vm {
             max_slots,
             memory: Arc::new(Mutex::new(Vec::new())),
             next_slot: std::sync::atomic::AtomicU32::new(0),
+            logged_slots: Mutex::new(Vec::new()),
         })
     }
 
@@ -85,8 +90,10 @@ impl Vm {
     }
 
     /// Registers every region of `memory` as a KVM memory slot. The VM keeps a handle on the mappings so
-    /// they outlive every use KVM makes of them.
-    pub fn add_guest_memory(&self, memory: &GuestMemoryMmap) -> Result<()> {
+    /// they outlive every use KVM makes of them. With `log_dirty_pages`, KVM records which pages
+    /// the guest writes ([`Vm::take_dirty_log`]), at the cost of write faults on the first write
+    /// to each page after every read of the log.
+    pub fn add_guest_memory(&self, memory: &GuestMemoryMmap, log_dirty_pages: bool) -> Result<()> {
         use std::sync::atomic::Ordering;
         for region in memory.iter() {
             let next = self.next_slot.fetch_add(1, Ordering::SeqCst);
@@ -98,7 +105,11 @@ impl Vm {
                 .map_err(|_| Error::TooManySlots(self.max_slots))?;
             let slot = kvm_userspace_memory_region {
                 slot: next,
-                flags: 0,
+                flags: if log_dirty_pages {
+                    kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+                } else {
+                    0
+                },
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
                 userspace_addr: host as u64,
@@ -108,12 +119,38 @@ impl Vm {
             // VM and each of its vCPUs hold, so the mapping stays valid while KVM can run guest code.
             unsafe { self.fd.set_user_memory_region(slot) }
                 .map_err(Error::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+            if log_dirty_pages {
+                self.logged_slots
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((next, region.len() as usize));
+            }
         }
         self.memory
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(memory.clone());
         Ok(())
+    }
+
+    /// The pages the guest wrote since the last call (or since the memory was added), one bitmap
+    /// per slot added with `log_dirty_pages`, in the order they were added: bit `i` of word
+    /// `w` is the slot's page `64 * w + i`. Reading clears KVM's log (`KVM_GET_DIRTY_LOG`). Only
+    /// the guest's writes are there: the VMM's own writes to guest memory are not.
+    pub fn take_dirty_log(&self) -> Result<Vec<Vec<u64>>> {
+        let slots = self
+            .logged_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        slots
+            .into_iter()
+            .map(|(slot, size)| {
+                self.fd
+                    .get_dirty_log(slot, size)
+                    .map_err(Error::ioctl("KVM_GET_DIRTY_LOG"))
+            })
+            .collect()
     }
 
     /// Makes every write to `event` raise interrupt line `gsi` (edge) in the in-kernel irqchip.

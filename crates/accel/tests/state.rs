@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use kvmkit_accel::{IrqChip, Kvm, Vcpu, VcpuExit, VcpuState, Vm, VmState};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 /// Real mode at 0x1000: `inc ax; out 0x80, ax; jmp 0x1000`. Each exit shows the count in AX.
 const COUNT: [u8; 5] = [0x40, 0xe7, 0x80, 0xeb, 0xfb];
@@ -14,7 +15,7 @@ fn machine(mem: &GuestMemoryMmap) -> (Kvm, Vm, Vcpu) {
     let vm = kvm.create_vm().unwrap();
     vm.create_irqchip(IrqChip::Full).unwrap();
     vm.create_pit().unwrap();
-    vm.add_guest_memory(mem).unwrap();
+    vm.add_guest_memory(mem, false).unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
     (kvm, vm, vcpu)
 }
@@ -34,7 +35,7 @@ fn next_count(vcpu: &mut Vcpu) -> u16 {
 
 #[test]
 fn a_vcpu_restored_in_another_vm_goes_on_counting() {
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
     mem.write_slice(&COUNT, GuestAddress(0x1000)).unwrap();
     let (kvm, vm, mut vcpu) = machine(&mem);
     let mut sregs = vcpu.sregs().unwrap();
@@ -69,7 +70,7 @@ fn a_vcpu_restored_in_another_vm_goes_on_counting() {
         serde_json::from_str(&serde_json::to_string(&vm_state).unwrap()).unwrap();
 
     // A second VM, its memory a copy of the first's.
-    let copy = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let copy = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
     let mut bytes = vec![0u8; 0x10000];
     mem.read_slice(&mut bytes, GuestAddress(0)).unwrap();
     copy.write_slice(&bytes, GuestAddress(0)).unwrap();

@@ -3,17 +3,18 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use kvmkit_accel::{IrqChip, Kvm, VcpuExit, kick_current_thread};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 /// A VM whose vCPU 0 spins in real mode at 0x1000 (`jmp $`).
 fn spinning_vcpu(chip: IrqChip) -> (kvmkit_accel::Vm, kvmkit_accel::Vcpu) {
     let kvm = Kvm::new().unwrap();
     let vm = kvm.create_vm().unwrap();
     vm.create_irqchip(chip).unwrap();
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
     mem.write_slice(&[0xeb, 0xfe], GuestAddress(0x1000))
         .unwrap();
-    vm.add_guest_memory(&mem).unwrap();
+    vm.add_guest_memory(&mem, false).unwrap();
     let vcpu = vm.create_vcpu(0).unwrap();
     let mut sregs = vcpu.sregs().unwrap();
     sregs.cs.base = 0;

@@ -2,7 +2,8 @@
 //! because consecutive linear pages need not be consecutive in guest-physical memory.
 
 use iced_x86::{Decoder, DecoderOptions, Instruction};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::cpu::GuestCpu;
 

@@ -5,7 +5,7 @@
 use accel::x86::{cr0, cr4, rflags, vector};
 use iced_x86::{Code, Formatter, Instruction, IntelFormatter, Mnemonic, OpKind};
 use kvm_bindings::{kvm_regs, kvm_sregs};
-use vm_memory::GuestMemoryMmap;
+use memory::GuestMemoryMmap;
 
 use crate::access::{read_linear, write_linear};
 use crate::counts::Kind;

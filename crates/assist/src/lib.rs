@@ -12,7 +12,7 @@ pub mod syscall;
 #[cfg(test)]
 mod tests;
 
-use vm_memory::GuestMemoryMmap;
+use memory::GuestMemoryMmap;
 
 pub use access::AccessError;
 pub use counts::{Counts, Kind};

@@ -27,7 +27,7 @@
 
 use accel::x86::{msr, pf_error, rflags, vector};
 use iced_x86::FlowControl;
-use vm_memory::GuestMemoryMmap;
+use memory::GuestMemoryMmap;
 
 use crate::Assist;
 use crate::access::{fetch_instruction, read_linear};

@@ -5,7 +5,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
-use vm_memory::{Bytes as _, GuestAddress, GuestMemoryMmap};
+use memory::GuestMemoryMmap;
+use vm_memory::{Bytes as _, GuestAddress};
 
 use crate::{Assist, Error, GuestCpu, Kind, Resolution};
 
@@ -67,7 +68,7 @@ impl GuestCpu for FakeCpu {
 
 /// 64 KiB of guest RAM, identity-mapped except page 0x8000 (not mapped), with `code` at [`CODE`].
 fn long_mode(code: &[u8]) -> (FakeCpu, Assist) {
-    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
     memory.write_slice(code, GuestAddress(CODE)).unwrap();
     let mut sregs = kvm_sregs {
         cr0: 0x8000_0011,          // PG | ET | PE

@@ -156,7 +156,7 @@ impl I8042 {
         }
     }
 
-    /// Puts `state` back (at most [`OUTPUT_CAPACITY`] waiting bytes are kept).
+    /// Puts `state` back (at most `OUTPUT_CAPACITY` waiting bytes are kept).
     pub fn restore(&mut self, state: &I8042State) {
         self.control = state.control;
         self.last_was_command = state.last_was_command;

@@ -9,7 +9,8 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use memory::GuestMemoryMmap;
+use vm_memory::GuestAddress;
 
 use crate::e820::E820Entry;
 use crate::kernel::{EntryKind, Initramfs, LoadedKernel};
@@ -161,7 +162,7 @@ mod tests {
     use vm_memory::Bytes;
 
     fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap()
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap()
     }
 
     fn kernel(kind: EntryKind) -> LoadedKernel {

@@ -3,7 +3,8 @@
 use accel::Vcpu;
 use accel::kvm_bindings::{kvm_fpu, kvm_regs};
 use accel::x86::{cr0, cr4, efer};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::gdt::{GDT_LONG_MODE, GDT_PROTECTED_MODE, segment};
 use crate::kernel::EntryKind;

@@ -8,7 +8,8 @@ use linux_loader::loader::{
     KernelLoader, KernelLoaderResult, bootparam::setup_header, bzimage::BzImage, elf::Elf,
     elf::PvhBootCapability,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::HIMEM_START;
 use crate::{Error, Result};

@@ -4,7 +4,8 @@
 //! The floating pointer and the configuration table go at the start of the BIOS area (0xf0000, reserved
 //! in the e820 map), where Linux's MP-table scan looks and where there is room for 254 CPUs.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::{Error, Result};
 

@@ -1,6 +1,7 @@
 //! Identity page tables for entering long mode.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::{PD_START, PDPT_START, PML4_START};
 use crate::{Error, Result};
@@ -32,7 +33,7 @@ mod tests {
 
     #[test]
     fn maps_the_last_2m_page_below_4g() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         assert_eq!(write_identity_map(&mem).unwrap(), PML4_START);
         let last: u64 = mem
             .read_obj(GuestAddress(PD_START + 3 * 0x1000 + 511 * 8))

@@ -10,13 +10,11 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
+use vm_memory::bitmap::{AtomicBitmap, NewBitmap};
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{
-    Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
-    GuestMemoryRegion, GuestRegionMmap,
-};
+use vm_memory::{Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::{Error, GuestRam, PAGE_SIZE, check_size, ram_ranges};
+use crate::{Error, GuestMemoryMmap, GuestRam, GuestRegionMmap, PAGE_SIZE, check_size, ram_ranges};
 
 /// The unit written at once (and checked for zeros).
 const CHUNK: usize = 64 << 10;
@@ -83,7 +81,8 @@ impl GuestRam {
         let mut offset = 0u64;
         for (start, len) in ram_ranges(size) {
             let clone = file.try_clone().map_err(FileError::Io)?;
-            let mapping = MmapRegionBuilder::new(len as usize)
+            let bitmap = AtomicBitmap::with_len(len as usize);
+            let mapping = MmapRegionBuilder::new_with_bitmap(len as usize, bitmap)
                 .with_file_offset(FileOffset::new(clone, offset))
                 .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
                 .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)

@@ -1,16 +1,27 @@
 #![doc = include_str!("../README.md")]
 
 mod allocator;
+mod dirty;
 mod file;
 mod layout;
 
 pub use allocator::{Allocator, Error as AllocError};
+pub use dirty::{DirtyPages, LayoutError, WriteError as DirtyWriteError};
 pub use file::FileError;
 pub use layout::{
     MMIO_DEVICES_END, MMIO_DEVICES_START, MMIO_HOLE_END, MMIO_HOLE_START, PAGE_SIZE, ram_ranges,
 };
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
+use vm_memory::bitmap::AtomicBitmap;
+
+/// Guest memory as every kvmkit crate sees it: vm-memory's mmap backend with a dirty-page bitmap.
+/// Each write the VMM makes through it (a device filling a buffer, a used ring, a loader) sets the
+/// bit of the page it touched, which KVM's own dirty log cannot see; a diff snapshot joins the two.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+
+/// One mapped range of [`GuestMemoryMmap`].
+pub type GuestRegionMmap = vm_memory::GuestRegionMmap<AtomicBitmap>;
 
 /// Errors from creating guest RAM.
 #[derive(Debug, thiserror::Error)]

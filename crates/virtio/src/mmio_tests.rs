@@ -3,8 +3,9 @@
 use std::sync::{Arc, Mutex};
 
 use bus::BusDevice;
+use memory::GuestMemoryMmap;
 use virtio_queue::QueueT;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::device::{ActivateError, Activation, VirtioDevice};
@@ -80,7 +81,7 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let record = Arc::new(Mutex::new(Record::default()));
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
     let irq = EventFd::new(EFD_NONBLOCK).unwrap();
     let t = MmioTransport::new(
         Box::new(Dummy(record.clone())),

@@ -13,8 +13,9 @@
 use std::time::{Duration, Instant};
 
 use bus::BusDevice;
+use memory::GuestMemoryMmap;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::{MmioTransport, VirtioDevice};
@@ -78,7 +79,7 @@ impl FakeDriver {
     /// entries each (capped at each queue's maximum). Call [`FakeDriver::start`] next.
     pub fn new(device: Box<dyn VirtioDevice>, mem_size: usize, size: u16) -> Self {
         let mem = must(
-            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), mem_size)]),
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size)]),
             "guest memory",
         );
         let irq = must(EventFd::new(EFD_NONBLOCK), "eventfd");

@@ -4,7 +4,7 @@
 //!
 //! What Firecracker has and kvmkit does not (rate limiters, CPU templates, SMT, huge pages, vhost-user
 //! drives, balloon, vsock, MMDS) parses, and is refused with a clear error by
-//! [`VmResources::check_supported`] unless it is absent, `null` or its default: a Firecracker
+//! the checks of [`super::resources`] unless it is absent, `null` or its default: a Firecracker
 //! configuration that does not use them works unchanged.
 
 use std::path::PathBuf;
@@ -372,10 +372,11 @@ pub struct SnapshotLoadParams {
     /// The memory.
     #[serde(default)]
     pub mem_backend: Option<MemBackend>,
-    /// Unsupported: only absent or false.
+    /// Deprecated form of `track_dirty_pages`.
     #[serde(default)]
     pub enable_diff_snapshots: Option<bool>,
-    /// Unsupported: only absent or false.
+    /// Log dirty pages in the restored VM (for diff snapshots of it); a VM that logged them when
+    /// it was snapshotted logs them again whatever this says.
     #[serde(default)]
     pub track_dirty_pages: Option<bool>,
     /// Run the VM at once (else it stays paused).
@@ -393,12 +394,14 @@ pub struct SnapshotLoadParams {
 }
 
 impl SnapshotLoadParams {
+    /// Whether the load asks for dirty-page tracking (either field's name).
+    pub fn tracks_dirty_pages(&self) -> bool {
+        self.enable_diff_snapshots == Some(true) || self.track_dirty_pages == Some(true)
+    }
+
     /// The memory file, or why these parameters cannot be used.
     pub fn memory_file(&self) -> Result<&std::path::Path, String> {
         let unsupported = |what: &str| Err(format!("{what} is not supported by kvmkit"));
-        if self.enable_diff_snapshots == Some(true) || self.track_dirty_pages == Some(true) {
-            return unsupported("dirty-page tracking after a load");
-        }
         if self
             .network_overrides
             .as_ref()

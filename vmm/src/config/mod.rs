@@ -90,6 +90,11 @@ pub struct MachineConfig {
     /// in Firecracker: here a huge page's first touch often waits for the host to compact memory).
     #[serde(default)]
     pub transparent_huge_pages: bool,
+    /// Log the pages the guest and the devices write, for diff snapshots (`--memory
+    /// size=...,track_dirty_pages=on`, Firecracker's `track_dirty_pages`; off by default: KVM then
+    /// write-protects every page after each snapshot, and the guest's next write to it faults).
+    #[serde(default)]
+    pub track_dirty_pages: bool,
 }
 
 impl Default for MachineConfig {
@@ -100,6 +105,7 @@ impl Default for MachineConfig {
             acpi: true,
             instruction_assist: Default::default(),
             transparent_huge_pages: false,
+            track_dirty_pages: false,
         }
     }
 }
@@ -163,9 +169,12 @@ pub struct MemoryOption {
     pub size: u64,
     /// `thp=on`, or `off` (the default).
     pub transparent_huge_pages: bool,
+    /// `track_dirty_pages=on`, or `off` (the default).
+    pub track_dirty_pages: bool,
 }
 
-/// Parses `--memory`: a size ([`parse_size`]), or Cloud Hypervisor's `size=SIZE[,thp=on|off]`. A bare
+/// Parses `--memory`: a size ([`parse_size`]), or Cloud Hypervisor's `size=SIZE[,thp=on|off]`, with
+/// kvmkit's `track_dirty_pages=on|off` (Firecracker's machine-config field of that name). A bare
 /// number is MiB, as QEMU's `-m` and Firecracker's `mem_size_mib` read it.
 ///
 /// ```
@@ -174,6 +183,7 @@ pub struct MemoryOption {
 /// assert_eq!(parse_memory("size=2G").unwrap().size, 2 << 30);
 /// assert_eq!(parse_memory("4096K").unwrap().size, 4 << 20);
 /// assert!(parse_memory("size=1G,thp=on").unwrap().transparent_huge_pages);
+/// assert!(parse_memory("size=1G,track_dirty_pages=on").unwrap().track_dirty_pages);
 /// assert!(parse_memory("size=2G,shared=on").is_err());
 /// ```
 pub fn parse_memory(s: &str) -> Result<MemoryOption, Error> {
@@ -187,17 +197,20 @@ pub fn parse_memory(s: &str) -> Result<MemoryOption, Error> {
     } else {
         parse_size(value).map_err(|_| err())?
     };
-    let mut transparent_huge_pages = false;
+    let (mut transparent_huge_pages, mut track_dirty_pages) = (false, false);
     for item in items {
-        transparent_huge_pages = match item {
-            "thp=on" => true,
-            "thp=off" => false,
+        match item {
+            "thp=on" => transparent_huge_pages = true,
+            "thp=off" => transparent_huge_pages = false,
+            "track_dirty_pages=on" => track_dirty_pages = true,
+            "track_dirty_pages=off" => track_dirty_pages = false,
             _ => return Err(err()),
-        };
+        }
     }
     Ok(MemoryOption {
         size,
         transparent_huge_pages,
+        track_dirty_pages,
     })
 }
 

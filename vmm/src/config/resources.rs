@@ -142,9 +142,6 @@ pub fn machine(m: &MachineConfiguration) -> Result<(u32, u64), Error> {
     if m.cpu_template.as_deref().is_some_and(|t| t != "None") {
         return Err(unsupported("cpu_template other than None"));
     }
-    if m.track_dirty_pages {
-        return Err(unsupported("track_dirty_pages"));
-    }
     if m.huge_pages == HugePages::Huge2M {
         return Err(unsupported("huge_pages 2M (hugetlbfs)"));
     }
@@ -330,6 +327,10 @@ impl VmResources {
             .machine_config
             .as_ref()
             .is_some_and(|m| m.huge_pages == HugePages::Transparent);
+        config.machine.track_dirty_pages = self
+            .machine_config
+            .as_ref()
+            .is_some_and(|m| m.track_dirty_pages);
         config.devices = devices;
         Ok(config)
     }
@@ -389,6 +390,7 @@ impl VmResources {
                 } else {
                     HugePages::None
                 },
+                track_dirty_pages: config.machine.track_dirty_pages,
                 ..MachineConfiguration::default()
             }),
             network_interfaces,
@@ -476,7 +478,13 @@ mod tests {
             machine(&m).unwrap_err().to_string()
         };
         assert!(m(|m| m.smt = true).contains("smt"));
-        assert!(m(|m| m.track_dirty_pages = true).contains("track_dirty_pages"));
+        assert!(
+            machine(&MachineConfiguration {
+                track_dirty_pages: true,
+                ..Default::default()
+            })
+            .is_ok()
+        );
         assert!(m(|m| m.cpu_template = Some("T2".into())).contains("cpu_template"));
         assert!(m(|m| m.vcpu_count = 0).contains("vCPUs"));
         assert!(m(|m| m.mem_size_mib = 0).contains("memory"));

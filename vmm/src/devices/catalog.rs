@@ -2,8 +2,8 @@
 //! kind (docs/architecture.md, "Adding a device"). The order is the order the guest finds them in:
 //! disks (vda, vdb...), network cards (eth0...), the entropy source.
 
+use memory::GuestMemoryMmap;
 use virtio_devices::{Block, Net, Rng};
-use vm_memory::GuestMemoryMmap;
 
 use super::{DeviceManager, Error};
 use crate::config::DevicesConfig;

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use accel::EventFd;
 use bus::SharedDevice;
+use memory::GuestMemoryMmap;
 use virtio::mmio::{NOTIFY_OFFSET, WINDOW_SIZE};
 use virtio::{DeviceCounters, MmioAlias, MmioTransport, VirtioDevice};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
 use super::{DeviceManager, Error};

@@ -8,11 +8,14 @@
 //!   accel::VmState: clock, PIC/IOAPIC, PIT            the VM built from the saved configuration
 //!   UART, i8042, RTC, OSPM flag, virtio registers     device, VM and vCPU state written back
 //!   RAM ──► memory file (sparse)                      virtio devices resumed at their used rings
+//!     Full: all of it, into a new file
+//!     Diff: pages written since the last snapshot
+//!           (KVM's log + the VMM's bitmap), in place
 //!   state ──► format::save                            vCPUs started (or left paused)
 //!   virtio devices resumed
 //! ```
 //!
-//! [`format`] is the file. The parts come from the layers that own them: `accel` (what KVM holds),
+//! [`format`](mod@format) is the file. The parts come from the layers that own them: `accel` (what KVM holds),
 //! `legacy` and `virtio` (the devices), `memory` (the RAM file).
 
 pub mod format;
@@ -24,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use accel::{VcpuState, VmState};
 use legacy::{I8042, I8042State, Rtc, RtcState, Serial, SerialState};
-use memory::GuestRam;
+use memory::{DirtyPages, GuestRam, PAGE_SIZE};
 use serde::{Deserialize, Serialize};
 use virtio::MmioTransport;
 use virtio::mmio::MmioState;
@@ -68,6 +71,44 @@ pub enum Error {
     /// A device's state does not fit the restored machine.
     #[error("snapshot state does not fit the machine: {0}")]
     Mismatch(String),
+    /// A diff snapshot of a VM that does not log dirty pages.
+    #[error("a diff snapshot needs dirty-page tracking (track_dirty_pages), which this VM lacks")]
+    NotTracked,
+    /// A diff cannot go into this file.
+    #[error(
+        "memory file {path} is {found} bytes: a diff goes into a new file, or over the memory \
+         file of the snapshot it follows (or a copy of it), which is the RAM's {expected} bytes"
+    )]
+    DiffTarget {
+        /// The file.
+        path: String,
+        /// The RAM's size.
+        expected: u64,
+        /// The file's.
+        found: u64,
+    },
+    /// The pages could not be written.
+    #[error("memory file {path}: {source}")]
+    Diff {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: memory::DirtyWriteError,
+    },
+}
+
+/// What a snapshot's memory file gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// All of guest RAM, in a new file (written beside it, then renamed over it: a VM restored
+    /// from the old file keeps its pages).
+    Full,
+    /// Only the pages the guest or the devices wrote since the last snapshot (or since the VM
+    /// started), written in place: over the memory file of that snapshot (or a copy of it) the
+    /// file becomes the RAM as it is now; in a new file, it is the diff alone, with holes
+    /// elsewhere, for Firecracker's `rebase-snap` or a later merge. Needs dirty-page tracking.
+    Diff,
 }
 
 /// Everything a running VM's snapshot reads, shared with the VM's threads.
@@ -123,19 +164,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl VmParts {
-    /// Saves the VM (whose vCPUs `vcpus` must be paused) to `snapshot` and its RAM to `memory`.
-    /// Its virtio devices stop while this runs, with nothing in flight, and start again after.
+    /// Saves the VM (whose vCPUs `vcpus` must be paused) to `snapshot` and its RAM, as `kind`
+    /// says, to `memory`; returns the pages of RAM written. Its virtio devices stop while this
+    /// runs, with nothing in flight, and start again after. With dirty-page tracking, the log
+    /// restarts from here, whatever the kind, unless the snapshot fails.
     pub fn create(
         &self,
         vcpus: &crate::vcpu::VcpuGroup,
         config: (&BootConfig, &MachineConfig, &DevicesConfig),
+        kind: Kind,
         snapshot: &Path,
         memory: &Path,
-    ) -> Result<(), Error> {
+    ) -> Result<u64, Error> {
+        if kind == Kind::Diff && !config.1.track_dirty_pages {
+            return Err(Error::NotTracked);
+        }
         for (_, t) in &self.virtio {
             lock(t).suspend();
         }
-        let result = self.write(vcpus, config, snapshot, memory);
+        let result = self.write(vcpus, config, kind, snapshot, memory);
         for (_, t) in &self.virtio {
             lock(t).resume();
         }
@@ -146,9 +193,10 @@ impl VmParts {
         &self,
         vcpus: &crate::vcpu::VcpuGroup,
         (boot, machine, devices): (&BootConfig, &MachineConfig, &DevicesConfig),
+        kind: Kind,
         snapshot: &Path,
         memory: &Path,
-    ) -> Result<(), Error> {
+    ) -> Result<u64, Error> {
         let msrs = self.kvm.msr_index_list()?.as_slice().to_vec();
         let vcpu_states = vcpus
             .on_each_paused(move |vcpu| vcpu.save_state(&msrs))?
@@ -171,15 +219,90 @@ impl VmParts {
                 .map(|(name, t)| (name.clone(), lock(t).state()))
                 .collect(),
         };
+        let dirty = if machine.track_dirty_pages {
+            let mut pages = DirtyPages::from_bitmaps(self.vm.take_dirty_log()?);
+            pages.union(&self.ram.take_vmm_dirty());
+            Some(pages)
+        } else {
+            None
+        };
+        let written = match (kind, &dirty) {
+            (Kind::Diff, Some(pages)) => self.write_diff(memory, pages),
+            (Kind::Diff, None) => Err(Error::NotTracked),
+            (Kind::Full, _) => self.write_full(memory),
+        }
+        .and_then(|n| {
+            format::save(snapshot, &state)
+                .map(|()| n)
+                .map_err(Error::from)
+        });
+        if written.is_err()
+            && let Some(pages) = &dirty
+        {
+            // The next diff must still hold these pages.
+            self.ram.mark_dirty(pages);
+        }
+        written
+    }
+
+    /// Writes all of RAM to a new file beside `memory`, then renames it to `memory`.
+    fn write_full(&self, memory: &Path) -> Result<u64, Error> {
         let mem_error = |source| Error::MemoryFile {
             path: memory.display().to_string(),
             source,
         };
-        let mut file = File::create(memory).map_err(mem_error)?;
-        self.ram.write_to(&mut file).map_err(mem_error)?;
-        file.sync_all().map_err(mem_error)?;
-        format::save(snapshot, &state)?;
-        Ok(())
+        let mut name = memory.file_name().unwrap_or_default().to_owned();
+        name.push(format!(".kvmkit-{}.tmp", std::process::id()));
+        let temp = memory.with_file_name(name);
+        let result = File::create(&temp)
+            .and_then(|mut file| {
+                self.ram.write_to(&mut file)?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&temp, memory));
+        if result.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        result.map_err(mem_error)?;
+        Ok(self.ram.size() / PAGE_SIZE)
+    }
+
+    /// Writes the pages `pages` into `memory` in place (a new file if there is none).
+    fn write_diff(&self, memory: &Path, pages: &DirtyPages) -> Result<u64, Error> {
+        let path = memory.display().to_string();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(memory)
+            .map_err(|source| Error::MemoryFile {
+                path: path.clone(),
+                source,
+            })?;
+        let found = file
+            .metadata()
+            .map_err(|source| Error::MemoryFile {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        if found != 0 && found != self.ram.size() {
+            return Err(Error::DiffTarget {
+                path,
+                expected: self.ram.size(),
+                found,
+            });
+        }
+        let bytes = self
+            .ram
+            .write_dirty_to(&file, pages)
+            .map_err(|source| Error::Diff {
+                path: path.clone(),
+                source,
+            })?;
+        file.sync_all()
+            .map_err(|source| Error::MemoryFile { path, source })?;
+        Ok(bytes / PAGE_SIZE)
     }
 
     /// Writes back the devices' and the VM's state of `state` (before any vCPU runs); the

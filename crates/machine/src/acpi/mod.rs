@@ -18,7 +18,8 @@ use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::xsdt::XSDT;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::{ACPI_END, ACPI_START};
 
@@ -248,7 +249,7 @@ mod tests {
     }
 
     fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap()
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap()
     }
 
     fn read(m: &GuestMemoryMmap, at: u64, len: usize) -> Vec<u8> {

@@ -199,10 +199,11 @@ fn ranges<M: GuestMemory>(req: &Request, mem: &M) -> Result<Vec<(u64, u32, u32)>
 mod tests {
     use super::*;
     use crate::block::disk::tests_support::image;
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use memory::GuestMemoryMmap;
+    use vm_memory::GuestAddress;
 
     fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
     }
 
     fn req(kind: RequestType, sector: u64, data: &[(u64, u32)]) -> Request {

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use memory::GuestMemoryMmap;
 use virtio::{ChainHandler, DeviceCounters};
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
 
 use super::disk::DiskImage;
 use super::execute::{STATUS_IOERR, STATUS_OK, execute};

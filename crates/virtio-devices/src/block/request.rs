@@ -221,14 +221,14 @@ pub fn parse<M: GuestMemory>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use memory::GuestMemoryMmap;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use vm_memory::GuestMemoryMmap;
 
     const R: u16 = 0;
     const W: u16 = VRING_DESC_F_WRITE as u16;
 
     fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
     }
 
     /// A chain of `(addr, len, flags)`; every descriptor but the last says NEXT.

@@ -9,10 +9,10 @@
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use memory::GuestMemoryMmap;
 use virtio::{ActivateError, Activation, ActiveQueue, Interrupt, QueueError};
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::QueueT;
-use vm_memory::GuestMemoryMmap;
 
 use super::rx::{self, Delivery, Scratch};
 use super::tx::Transmit;

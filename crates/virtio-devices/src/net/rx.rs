@@ -10,8 +10,9 @@
 //! add some), or [`Delivery::Dropped`] when waiting cannot help (the frame is larger than a buffer
 //! without mergeable buffers, or than the whole ring).
 
+use memory::GuestMemoryMmap;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use super::HDR_LEN;
 

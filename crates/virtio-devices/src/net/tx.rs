@@ -5,7 +5,8 @@
 //! the tap reads the header's checksum and segmentation fields itself. The chain is returned with a
 //! used length of 0. A chain the device cannot send is dropped and counted, never retried.
 
-use vm_memory::{Bytes, GuestMemoryMmap};
+use memory::GuestMemoryMmap;
+use vm_memory::Bytes;
 
 use virtio::ChainHandler;
 use virtio_queue::DescriptorChain;

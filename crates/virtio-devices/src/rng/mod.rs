@@ -13,13 +13,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use memory::GuestMemoryMmap;
 use virtio::{
     ActivateError, Activation, ChainHandler, DeviceCounters, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, Worker,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
 
 /// The size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
