@@ -1,11 +1,14 @@
 //! Snapshots of a real guest: the test guest, counting (`KVMKIT-TICK n`, five a second) and writing
-//! each count to its disk, is paused and snapshotted through the API, and its kvmkit killed. A new
-//! kvmkit restores it (`--restore`): the count goes on from where it was, the console works, the disk
-//! gets the new counts, Ctrl-Alt-Del reboots it. The same snapshot loaded again through the API
-//! (`PUT /snapshot/load`) is an independent VM that counts on from the same point. Damaged snapshot
-//! files and wrong memory files are refused with exit 2.
+//! each count to its disk, with a network card on a tap, is paused and snapshotted through the API,
+//! and its kvmkit killed. A new kvmkit restores it (`--restore`): the count goes on from where it
+//! was, the console works, the disk gets the new counts, the host pings it, Ctrl-Alt-Del reboots it.
+//! The same snapshot loaded again through the API (`PUT /snapshot/load`) is an independent VM that
+//! counts on from the same point; a diff snapshot of it, written over a copy of the first memory
+//! file, restores where the diff was taken. Damaged snapshot files and wrong memory files are
+//! refused with exit 2.
 //!
-//! One cold boot (a minute on a software-KVM host); each restore takes milliseconds.
+//! One cold boot (a minute on a software-KVM host); each restore takes milliseconds. Needs root for
+//! the network namespace, as the other network tests.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -15,11 +18,29 @@ use std::time::{Duration, Instant};
 
 use kvmkit::api::client::call;
 use kvmkit_integration_tests::disks::Scratch;
+use kvmkit_integration_tests::netns::{GUEST_IP, NetNs, TAP};
 use kvmkit_integration_tests::{Background, guest_cmdline, guest_dir};
 use serde_json::{Value, json};
 
-fn kvmkit() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kvmkit-e2e"))
+/// kvmkit, run in the test's network namespace (where the tap is).
+fn kvmkit(ns: &NetNs) -> Command {
+    ns.command(env!("CARGO_BIN_EXE_kvmkit-e2e"))
+}
+
+/// The host pings the guest (ICMP echo, answered by the guest's kernel): both queues of its
+/// network card carry frames.
+fn ping(ns: &NetNs) {
+    let out = ns
+        .command("ping")
+        .args(["-c", "2", "-w", "30", GUEST_IP])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "no answer from the guest: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn api(sock: &Path, method: &str, path: &str, body: &Value) -> (u16, String) {
@@ -75,8 +96,8 @@ fn wait_for_tick(vm: &Background, n: u64) {
 }
 
 /// `kvmkit --restore` with a bad input: exit 2 and one error line containing `needle`.
-fn refused(snapshot: &Path, memory: &Path, needle: &str) {
-    let out = kvmkit()
+fn refused(ns: &NetNs, snapshot: &Path, memory: &Path, needle: &str) {
+    let out = kvmkit(ns)
         .arg("--restore")
         .arg(format!("{},mem={}", snapshot.display(), memory.display()))
         .stdin(Stdio::null())
@@ -93,10 +114,11 @@ fn a_counting_guest_is_snapshotted_killed_restored_twice_diffed_and_counts_on() 
     let disk = s.0.join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let (snapshot, memory) = (s.0.join("vm.snap"), s.0.join("vm.mem"));
+    let ns = NetNs::new("snap");
 
     // The cold boot, configured through the API.
     let sock = s.0.join("first.sock");
-    let first = Background::spawn(kvmkit().arg("--api-sock").arg(&sock));
+    let first = Background::spawn(kvmkit(&ns).arg("--api-sock").arg(&sock));
     wait_for_socket(&sock);
     let guest = guest_dir();
     ok(
@@ -106,8 +128,14 @@ fn a_counting_guest_is_snapshotted_killed_restored_twice_diffed_and_counts_on() 
         &json!({
             "kernel_image_path": guest.join("vmlinux"),
             "initrd_path": guest.join("initramfs.cpio"),
-            "boot_args": guest_cmdline("kvmkit_init=control"),
+            "boot_args": guest_cmdline(&format!("kvmkit_init=netup,control {}", ns.guest_cmdline())),
         }),
+    );
+    ok(
+        &sock,
+        "PUT",
+        "/network-interfaces/eth0",
+        &json!({"iface_id": "eth0", "host_dev_name": TAP}),
     );
     ok(
         &sock,
@@ -128,6 +156,11 @@ fn a_counting_guest_is_snapshotted_killed_restored_twice_diffed_and_counts_on() 
             Duration::from_secs(600)
         ),
         "{}",
+        first.stdout()
+    );
+    assert!(
+        first.stdout().contains(" up=0 addr=0"),
+        "eth0 configured: {}",
         first.stdout()
     );
     wait_for_tick(&first, 5);
@@ -161,21 +194,21 @@ fn a_counting_guest_is_snapshotted_killed_restored_twice_diffed_and_counts_on() 
     let last = flipped.len() - 10;
     flipped[last] ^= 0x40;
     std::fs::write(&damaged, &flipped).unwrap();
-    refused(&damaged, &memory, "corrupted (checksum mismatch)");
+    refused(&ns, &damaged, &memory, "corrupted (checksum mismatch)");
     std::fs::write(&damaged, &good[..good.len() / 2]).unwrap();
-    refused(&damaged, &memory, "truncated");
+    refused(&ns, &damaged, &memory, "truncated");
     let mut other = good.clone();
     other[8] = 99;
     std::fs::write(&damaged, &other).unwrap();
-    refused(&damaged, &memory, "format version 99");
-    refused(&disk, &memory, "not a kvmkit snapshot");
-    refused(&snapshot, &disk, "memory file");
-    refused(&snapshot, &s.0.join("nonexistent.mem"), "memory file");
+    refused(&ns, &damaged, &memory, "format version 99");
+    refused(&ns, &disk, &memory, "not a kvmkit snapshot");
+    refused(&ns, &snapshot, &disk, "memory file");
+    refused(&ns, &snapshot, &s.0.join("nonexistent.mem"), "memory file");
 
     // Restore in a new process: it counts on from where it was, and writes its disk.
     let sock2 = s.0.join("second.sock");
     let second = Background::spawn(
-        kvmkit()
+        kvmkit(&ns)
             .arg("--restore")
             .arg(format!("{},mem={}", snapshot.display(), memory.display()))
             .arg("--api-sock")
@@ -187,6 +220,7 @@ fn a_counting_guest_is_snapshotted_killed_restored_twice_diffed_and_counts_on() 
     wait_for_socket(&sock2);
     let info: Value = serde_json::from_str(&call(&sock2, "GET", "/", None).unwrap().1).unwrap();
     assert_eq!(info["state"], "Running");
+    ping(&ns);
     let written = disk_tick(&disk);
     assert!(
         written > at,
@@ -205,7 +239,7 @@ fn a_counting_guest_is_snapshotted_killed_restored_twice_diffed_and_counts_on() 
     // The same snapshot again, through the API: an independent VM that starts from the same count,
     // logging dirty pages.
     let sock3 = s.0.join("third.sock");
-    let third = Background::spawn(kvmkit().arg("--api-sock").arg(&sock3));
+    let third = Background::spawn(kvmkit(&ns).arg("--api-sock").arg(&sock3));
     wait_for_socket(&sock3);
     ok(
         &sock3,
@@ -263,7 +297,7 @@ fn a_counting_guest_is_snapshotted_killed_restored_twice_diffed_and_counts_on() 
 
     // The full snapshot's memory with the diff over it, and the diff's state: the count goes on
     // from where the diff was taken.
-    let fourth = Background::spawn(kvmkit().arg("--restore").arg(format!(
+    let fourth = Background::spawn(kvmkit(&ns).arg("--restore").arg(format!(
         "{},mem={}",
         diff_snap.display(),
         merged.display()

@@ -20,6 +20,7 @@
  *   rng             the hardware RNG the kernel uses, and bytes read from /dev/hwrng
  *   net             configure eth0 (init_net.c), ping the host, and move a byte stream over TCP
  *                   each way, checked byte for byte
+ *   netup           only configure eth0 (`kvmkit_ip=`), for the host to reach the guest later
  *   control         last: wait for the host's control plane (init_control.c): print a tick five
  *                   times a second; Ctrl-Alt-Del typed on the keyboard reboots, the ACPI power
  *                   button powers off
@@ -455,6 +456,9 @@ void init_main(long *sp)
 	if (has_item(checks, "net")) {
 		mount_sys();
 		net_checks(fd, envp);
+	} else if (has_item(checks, "netup")) {
+		mount_sys();
+		net_up(fd, envp);
 	}
 	if (has_item(checks, "blkbench"))
 		blk_bench(fd);

@@ -57,8 +57,9 @@ extern char small[256];
 
 void mount_sys(void);
 
-/* init_net.c: `kvmkit_init=net`. */
+/* init_net.c: `kvmkit_init=net` and `netup`. */
 void net_checks(long out, char **envp);
+void net_up(long out, char **envp);
 
 /* init_control.c: `kvmkit_init=control`. Returns only if nothing happened for ten minutes, with
  * `power_off` set if the guest should power off rather than reboot. */

@@ -260,14 +260,9 @@ static void receive_stream(long out, unsigned int ip)
 	say(out);
 }
 
-void net_checks(long out, char **envp)
+void net_up(long out, char **envp)
 {
 	unsigned int ip = parse_ip(env_value(envp, "kvmkit_ip="));
-	unsigned int peer = parse_ip(env_value(envp, "kvmkit_peer="));
-	const char *bytes = env_value(envp, "kvmkit_netbytes=");
-	long total = 0;
-	for (const char *c = bytes ? bytes : "1048576"; *c >= '0' && *c <= '9'; c++)
-		total = total * 10 + (*c - '0');
 	long up = -1;
 	long addr = configure(ip, &up);
 	put("KVMKIT-NET mac=");
@@ -277,6 +272,16 @@ void net_checks(long out, char **envp)
 	put(" addr=");
 	put_num(addr);
 	say(out);
+}
+
+void net_checks(long out, char **envp)
+{
+	unsigned int peer = parse_ip(env_value(envp, "kvmkit_peer="));
+	const char *bytes = env_value(envp, "kvmkit_netbytes=");
+	long total = 0;
+	for (const char *c = bytes ? bytes : "1048576"; *c >= '0' && *c <= '9'; c++)
+		total = total * 10 + (*c - '0');
+	net_up(out, envp);
 	ping(out, peer);
 	send_stream(out, peer, total);
 	receive_stream(out, peer);
