@@ -128,8 +128,11 @@ LIST
 # The init on its own too, for root filesystem images (integration-tests put it on an ext4 image).
 cp "$init_work/init" "$out/init"
 rm -rf "$init_work"
+# Copied beside and renamed over: kvmkit maps a kernel's pages from its file, so a running VM must
+# never see its kernel file rewritten in place.
 for f in vmlinux vmlinux-unpatched vmlinux-noacpi bzImage config version; do
-  cp "$cache/$f" "$out/$f"
+  cp "$cache/$f" "$out/$f.tmp"
+  mv -f "$out/$f.tmp" "$out/$f"
 done
 cp "$here/cmdline.txt" "$out/cmdline.txt"
 echo "guest: ready in $out (vmlinux, vmlinux-unpatched, vmlinux-noacpi, bzImage, initramfs.cpio, init, cmdline.txt)" >&2

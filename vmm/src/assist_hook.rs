@@ -3,6 +3,7 @@
 //! breakpoints to its [`SyscallBridge`] (docs/software-kvm.md).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use accel::Vcpu;
 use assist::{Assist, Resolution, SyscallBridge};
@@ -18,6 +19,11 @@ const EMULATION_FAILURE: u32 = kvm_bindings::KVM_INTERNAL_ERROR_EMULATION;
 pub struct AssistHook {
     assist: Arc<Assist>,
     syscalls: SyscallBridge,
+    /// The LSTAR the bridge was last armed with.
+    lstar: Option<u64>,
+    /// Set once the LSTAR write trap is in, while the vCPU already runs (a restored VM does not
+    /// wait for it); the hook then reads LSTAR once, for a write the trap came too late to see.
+    trap_ready: Option<Arc<AtomicBool>>,
 }
 
 impl AssistHook {
@@ -26,7 +32,16 @@ impl AssistHook {
         Self {
             assist,
             syscalls: SyscallBridge::default(),
+            lstar: None,
+            trap_ready: None,
         }
+    }
+
+    /// This hook, for a vCPU that runs before the LSTAR write trap is in: once `ready` is set it
+    /// reads LSTAR and arms the bridge if the guest changed it meanwhile.
+    pub fn with_trap_pending(mut self, ready: Arc<AtomicBool>) -> Self {
+        self.trap_ready = Some(ready);
+        self
     }
 }
 
@@ -54,6 +69,7 @@ impl ExitHook for AssistHook {
                 }
             }
             Unhandled::WriteMsr { index, data } if index == accel::x86::msr::LSTAR => {
+                self.lstar = Some(data);
                 match self.syscalls.lstar_written(&self.assist, vcpu, data) {
                     Ok(armed) => {
                         log::debug!(
@@ -74,6 +90,35 @@ impl ExitHook for AssistHook {
                 }
             }
             _ => Handled::NotMine,
+        }
+    }
+
+    fn before_run(&mut self, vcpu: &mut Vcpu) -> Option<Outcome> {
+        if !self
+            .trap_ready
+            .as_ref()
+            .is_some_and(|r| r.load(Ordering::Acquire))
+        {
+            return None;
+        }
+        self.trap_ready = None;
+        let lstar = match vcpu.msrs(&[accel::x86::msr::LSTAR]) {
+            Ok(v) => v.first().copied().unwrap_or(0),
+            Err(e) => {
+                log::warn!("vCPU {}: cannot read LSTAR: {e}", vcpu.id());
+                return None;
+            }
+        };
+        if lstar == 0 || self.lstar == Some(lstar) {
+            return None;
+        }
+        let write = Unhandled::WriteMsr {
+            index: accel::x86::msr::LSTAR,
+            data: lstar,
+        };
+        match self.handle(vcpu, write) {
+            Handled::End(outcome) => Some(outcome),
+            Handled::Resume | Handled::NotMine => None,
         }
     }
 }

@@ -40,6 +40,9 @@ pub enum Error {
     /// The event loop has ended, so it takes no more sources.
     #[error("the VM's event loop has ended")]
     Ended,
+    /// Guest RAM could not be registered with KVM.
+    #[error("guest memory: {0}")]
+    Memory(#[source] crate::vm::Error),
 }
 
 impl From<event_manager::Error> for Error {
@@ -257,7 +260,15 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
 /// [`start`], with the vCPUs paused from the start if `paused` (a restored VM waiting for its
 /// resume).
 pub fn start_with(mut vm: Vm, input: Input, paused: bool) -> Result<RunningVm, Error> {
-    vm.finish_msr_filter();
+    vm.finish_memory().map_err(Error::Memory)?;
+    // A hand-made guest may write LSTAR at once: its vCPUs wait for the trap. A restored guest's
+    // or a Linux kernel's start now and read LSTAR once the trap is in (`Vm::trap_may_lag`).
+    let trap_pending = if vm.trap_may_lag {
+        vm.msr_filter.take().map(|_| vm.msr_filter_ready.clone())
+    } else {
+        vm.finish_msr_filter();
+        None
+    };
     let parts = vm.parts();
     let Vm {
         kvm,
@@ -270,6 +281,9 @@ pub fn start_with(mut vm: Vm, input: Input, paused: bool) -> Result<RunningVm, E
         assist,
         restored_lstar,
         msr_filter: _,
+        msr_filter_ready: _,
+        trap_may_lag: _,
+        memory_slots: _,
     } = vm;
     let setup = Error::Setup;
     let end = VmEnd::default();
@@ -304,7 +318,10 @@ pub fn start_with(mut vm: Vm, input: Input, paused: bool) -> Result<RunningVm, E
 
     let mut hooked = Vec::with_capacity(vcpus.len());
     for (i, mut vcpu) in vcpus.into_iter().enumerate() {
-        let mut hook = assist.clone().map(AssistHook::new);
+        let mut hook = assist.clone().map(|a| match &trap_pending {
+            Some(ready) => AssistHook::new(a).with_trap_pending(ready.clone()),
+            None => AssistHook::new(a),
+        });
         // A restored guest wrote its LSTAR before the snapshot: the system call bridge learns it now.
         if let (Some(hook), Some(&Some(lstar))) = (hook.as_mut(), restored_lstar.get(i)) {
             let write = crate::vcpu::Unhandled::WriteMsr {

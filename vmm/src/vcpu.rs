@@ -55,6 +55,11 @@ pub enum Handled {
 pub trait ExitHook: Send {
     /// Deals with `exit` of `vcpu`, stopped there.
     fn handle(&mut self, vcpu: &mut Vcpu, exit: Unhandled) -> Handled;
+
+    /// Called before each `KVM_RUN` of `vcpu`; an outcome ends the VM. Nothing by default.
+    fn before_run(&mut self, _vcpu: &mut Vcpu) -> Option<Outcome> {
+        None
+    }
 }
 
 /// How many exits of each kind the vCPUs of a VM took, for metrics. Counters only grow.
@@ -110,6 +115,11 @@ pub fn run_loop(
                 continue;
             }
             Request::Stop => return None,
+        }
+        if let Some(hook) = hook.as_deref_mut()
+            && let Some(outcome) = hook.before_run(vcpu)
+        {
+            return Some(outcome);
         }
         let next = match vcpu.run() {
             Ok(VcpuExit::IoIn { port, data }) => {

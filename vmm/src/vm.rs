@@ -2,6 +2,7 @@
 //! to boot.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use accel::{IrqChip, Kvm, Vcpu};
@@ -34,7 +35,7 @@ pub enum Error {
     Thread(String),
 }
 
-/// A VM ready to run: memory registered, devices on the buses, vCPUs created.
+/// A VM ready to run: memory being registered, devices on the buses, vCPUs created.
 pub struct Vm {
     pub(crate) kvm: Arc<Kvm>,
     pub(crate) vm: Arc<accel::Vm>,
@@ -48,7 +49,15 @@ pub struct Vm {
     /// bridge arms itself from it); empty for a VM that boots.
     pub(crate) restored_lstar: Vec<Option<u64>>,
     /// The thread installing the LSTAR write trap, if one is being installed.
-    pub(crate) msr_filter: Option<std::thread::JoinHandle<accel::Result<()>>>,
+    pub(crate) msr_filter: Option<std::thread::JoinHandle<()>>,
+    /// Set once the LSTAR write trap is in.
+    pub(crate) msr_filter_ready: Arc<AtomicBool>,
+    /// Whether the vCPUs may start before the LSTAR write trap is in: the guest is a restored one
+    /// (its LSTAR is known) or a Linux kernel (which runs for a long while, exiting often, before
+    /// it writes LSTAR). A hand-made guest may write LSTAR at once: its vCPUs wait.
+    pub(crate) trap_may_lag: bool,
+    /// The thread registering guest RAM with KVM, until it is joined.
+    pub(crate) memory_slots: Option<std::thread::JoinHandle<accel::Result<()>>>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -62,7 +71,8 @@ impl std::fmt::Debug for Vm {
 }
 
 impl Vm {
-    /// Creates the VM: opens KVM, creates the in-kernel irqchip and PIT, maps and registers RAM, puts
+    /// Creates the VM: opens KVM, creates the in-kernel irqchip and PIT, maps and registers RAM (on
+    /// a thread of its own: [`Vm::finish_memory`] waits for it), puts
     /// the legacy devices on the port bus (the UART writing guest output to `serial_out`) and the
     /// virtio devices of `devices` on the MMIO bus, and creates the vCPUs (not yet configured).
     pub fn new(
@@ -92,23 +102,43 @@ impl Vm {
         let assist_on = machine.instruction_assist.enabled(software_kvm);
         // The system call bridge (docs/software-kvm.md) learns the SYSCALL entry point from the guest's
         // LSTAR write. Without the MSR filter guests still boot; their user space does not. KVM takes
-        // ~13 ms to install a filter here (it waits for a grace period), so it is installed on a
-        // thread of its own while the rest of the VM is built; the vCPUs start only once it is in.
+        // 5-15 ms to install a filter here (it waits for an RCU grace period), so it is installed
+        // on a thread of its own. A restored VM's or a Linux kernel's vCPUs do not wait for it (see
+        // `trap_may_lag`): once it is in, each reads LSTAR on its next exit and arms the bridge if
+        // the guest wrote LSTAR before the trap could see it.
+        let msr_filter_ready = Arc::new(AtomicBool::new(false));
         let msr_filter = if assist_on && software_kvm {
-            let vm = vm.clone();
+            let (vm, ready) = (vm.clone(), msr_filter_ready.clone());
             Some(
                 std::thread::Builder::new()
                     .name("kvmkit-msr-filter".into())
-                    .spawn(move || vm.trap_msr_writes(&[accel::x86::msr::LSTAR]))
+                    .spawn(
+                        move || match vm.trap_msr_writes(&[accel::x86::msr::LSTAR]) {
+                            Ok(()) => ready.store(true, Ordering::Release),
+                            Err(e) => log::warn!("system call bridge off: {e}"),
+                        },
+                    )
                     .map_err(|e| Error::Thread(e.to_string()))?,
             )
         } else {
             None
         };
+        // Registering RAM waits for a grace period inside KVM (about 5 ms here, whatever the
+        // size): a thread of its own does it while the devices are made and the kernel loaded.
+        let memory_slots = {
+            let (vm, memory, log) = (vm.clone(), ram.memory().clone(), machine.track_dirty_pages);
+            let timeline = timeline.clone();
+            std::thread::Builder::new()
+                .name("kvmkit-memslots".into())
+                .spawn(move || {
+                    let done = vm.add_guest_memory(&memory, log);
+                    timeline.mark(Event::MemoryReady);
+                    done
+                })
+                .map_err(|e| Error::Thread(e.to_string()))?
+        };
         vm.create_irqchip(IrqChip::Full)?;
         vm.create_pit()?;
-        vm.add_guest_memory(ram.memory(), machine.track_dirty_pages)?;
-        timeline.mark(Event::MemoryReady);
 
         let mut dm = DeviceManager::new(machine.acpi);
         let legacy = devices::place_legacy(&mut dm, &vm, serial_out, &timeline)?;
@@ -129,17 +159,28 @@ impl Vm {
             assist,
             restored_lstar: Vec::new(),
             msr_filter,
+            msr_filter_ready,
+            trap_may_lag: false,
+            memory_slots: Some(memory_slots),
         })
+    }
+
+    /// Waits until guest RAM is registered with KVM (before any vCPU runs, and before state that
+    /// may refer to guest memory is restored). Later calls return at once.
+    pub fn finish_memory(&mut self) -> Result<(), Error> {
+        match self.memory_slots.take().map(std::thread::JoinHandle::join) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(Error::Accel(e)),
+            Some(Err(_)) => Err(Error::Thread("the memory-slot thread panicked".into())),
+        }
     }
 
     /// Waits for the MSR filter being installed in the background (before any vCPU runs).
     pub(crate) fn finish_msr_filter(&mut self) {
-        if let Some(thread) = self.msr_filter.take() {
-            match thread.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => log::warn!("system call bridge off: {e}"),
-                Err(_) => log::warn!("system call bridge off: the MSR filter's thread panicked"),
-            }
+        if let Some(thread) = self.msr_filter.take()
+            && thread.join().is_err()
+        {
+            log::warn!("system call bridge off: the MSR filter's thread panicked");
         }
     }
 
@@ -169,6 +210,10 @@ impl Vm {
         state: &crate::snapshot::SnapshotState,
     ) -> Result<(), crate::snapshot::Error> {
         use crate::snapshot::Error as E;
+        self.finish_memory().map_err(|e| match e {
+            Error::Accel(e) => E::Kvm(e),
+            other => E::Setup(other.to_string()),
+        })?;
         if state.vcpus.len() != self.vcpus.len() {
             return Err(E::Mismatch(format!(
                 "{} vCPUs in the snapshot, {} created",
@@ -177,6 +222,7 @@ impl Vm {
             )));
         }
         self.parts().restore(state)?;
+        self.trap_may_lag = true;
         self.restored_lstar.clear();
         for (vcpu, saved) in self.vcpus.iter().zip(&state.vcpus) {
             vcpu.restore_state(saved)?;
@@ -211,6 +257,8 @@ impl Vm {
             ..*spec
         };
         let boot = machine::load(&self.ram, &spec, &platform)?;
+        self.finish_memory()?;
+        self.trap_may_lag = true;
         for vcpu in &self.vcpus {
             let bsp = (vcpu.id() == 0).then_some(&boot);
             machine::configure_vcpu(&self.kvm, vcpu, &self.ram, cpus, bsp)?;

@@ -11,6 +11,7 @@ use linux_loader::loader::{
 use memory::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::kernel_image::KernelImage;
 use crate::layout::HIMEM_START;
 use crate::{Error, Result};
 
@@ -67,7 +68,9 @@ fn open(path: &Path, what: &'static str) -> Result<File> {
     })
 }
 
-/// Loads the kernel at `path` into `mem`, choosing PVH for an ELF with a PVH note.
+/// Loads the kernel at `path` into `mem`, choosing PVH for an ELF with a PVH note. Whole pages of
+/// its segments are mapped from the file rather than copied (`kernel_image`): the file must not
+/// be changed in place while the VM runs.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel> {
     let mut file = open(path, "kernel")?;
     if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
@@ -81,9 +84,11 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel> {
     })?;
     let format = detect_format(&head[..n]).ok_or_else(|| Error::KernelFormat(path.to_owned()))?;
     let himem = Some(GuestAddress(HIMEM_START));
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut image = KernelImage::new(file, len, mem);
     let loaded: std::result::Result<KernelLoaderResult, _> = match format {
-        KernelFormat::Elf => Elf::load(mem, None, &mut file, himem),
-        KernelFormat::BzImage => BzImage::load(mem, None, &mut file, himem),
+        KernelFormat::Elf => Elf::load(mem, None, &mut image, himem),
+        KernelFormat::BzImage => BzImage::load(mem, None, &mut image, himem),
     };
     let r = loaded.map_err(|source| Error::KernelLoad {
         path: path.to_owned(),
@@ -180,6 +185,72 @@ mod tests {
         assert_eq!(detect_format(&bz), Some(KernelFormat::BzImage));
         assert_eq!(detect_format(b"MZ garbage"), None);
         assert_eq!(detect_format(&[]), None);
+    }
+
+    /// An ELF with one loadable segment at 16 MiB: `filesz` bytes of a pattern at file offset
+    /// 0x1000, 0x3000 bytes in memory, and 0x100 bytes of 0xee after it in the file.
+    fn elf(path: &Path, filesz: u64) -> Vec<u8> {
+        let mut f = vec![0u8; 0x1000];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = 2; // 64-bit
+        f[5] = 1; // little-endian
+        f[6] = 1;
+        f[16..18].copy_from_slice(&2u16.to_le_bytes()); // executable
+        f[18..20].copy_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+        f[20..24].copy_from_slice(&1u32.to_le_bytes());
+        f[24..32].copy_from_slice(&0x100_0000u64.to_le_bytes()); // entry
+        f[32..40].copy_from_slice(&64u64.to_le_bytes()); // program headers
+        f[52..54].copy_from_slice(&64u16.to_le_bytes());
+        f[54..56].copy_from_slice(&56u16.to_le_bytes());
+        f[56..58].copy_from_slice(&1u16.to_le_bytes());
+        let ph = &mut f[64..120];
+        ph[0..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        ph[4..8].copy_from_slice(&5u32.to_le_bytes());
+        ph[8..16].copy_from_slice(&0x1000u64.to_le_bytes()); // offset
+        ph[16..24].copy_from_slice(&0x100_0000u64.to_le_bytes());
+        ph[24..32].copy_from_slice(&0x100_0000u64.to_le_bytes());
+        ph[32..40].copy_from_slice(&filesz.to_le_bytes());
+        ph[40..48].copy_from_slice(&0x3000u64.to_le_bytes());
+        ph[48..56].copy_from_slice(&0x1000u64.to_le_bytes());
+        let segment: Vec<u8> = (0..filesz).map(|i| (i % 251) as u8 + 1).collect();
+        f.extend_from_slice(&segment);
+        f.extend_from_slice(&[0xee; 0x100]);
+        std::fs::write(path, &f).unwrap();
+        segment
+    }
+
+    fn maps_of(path: &Path) -> usize {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let name = path.to_str().unwrap();
+        maps.lines().filter(|l| l.ends_with(name)).count()
+    }
+
+    #[test]
+    fn an_elf_segment_s_whole_pages_are_mapped_and_the_rest_read() {
+        for filesz in [0x2345u64, 0x2000, 0x800] {
+            let path =
+                std::env::temp_dir().join(format!("kvmkit-elf-{}-{filesz:x}", std::process::id()));
+            let segment = elf(&path, filesz);
+            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+            let loaded = load_kernel(&mem, &path).unwrap();
+            assert_eq!(loaded.entry_kind, EntryKind::Linux64);
+            assert_eq!(loaded.end, 0x100_3000);
+            let mut got = vec![0u8; 0x3000];
+            mem.read_slice(&mut got, GuestAddress(0x100_0000)).unwrap();
+            assert_eq!(&got[..filesz as usize], &segment[..], "{filesz:#x}");
+            assert!(
+                got[filesz as usize..].iter().all(|&b| b == 0),
+                "past the segment's file bytes: zeros, not the file's next bytes ({filesz:#x})"
+            );
+            // Whole pages come from the file; a segment under a page is read.
+            assert_eq!(maps_of(&path) > 0, filesz >= 0x1000, "{filesz:#x}");
+            // The guest's writes stay in its memory.
+            mem.write_obj(0u8, GuestAddress(0x100_0000)).unwrap();
+            assert_eq!(std::fs::read(&path).unwrap()[0x1000], 1);
+            drop(mem);
+            assert_eq!(maps_of(&path), 0, "unmapped with guest memory");
+            std::fs::remove_file(path).unwrap();
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod cpuid;
 pub mod e820;
 pub mod gdt;
 pub mod kernel;
+mod kernel_image;
 pub mod lapic;
 pub mod layout;
 pub mod mptable;

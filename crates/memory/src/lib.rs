@@ -4,6 +4,7 @@ mod allocator;
 mod dirty;
 mod file;
 mod layout;
+mod map_file;
 
 pub use allocator::{Allocator, Error as AllocError};
 pub use dirty::{DirtyPages, LayoutError, WriteError as DirtyWriteError};
@@ -11,6 +12,7 @@ pub use file::FileError;
 pub use layout::{
     MMIO_DEVICES_END, MMIO_DEVICES_START, MMIO_HOLE_END, MMIO_HOLE_START, PAGE_SIZE, ram_ranges,
 };
+pub use map_file::{MapFileError, guest_address_of, map_file_pages};
 
 use vm_memory::GuestAddress;
 use vm_memory::bitmap::AtomicBitmap;

@@ -71,6 +71,9 @@ pub enum Error {
     /// A device's state does not fit the restored machine.
     #[error("snapshot state does not fit the machine: {0}")]
     Mismatch(String),
+    /// The VM to restore into could not be finished.
+    #[error("cannot set up the VM: {0}")]
+    Setup(String),
     /// A diff snapshot of a VM that does not log dirty pages.
     #[error("a diff snapshot needs dirty-page tracking (track_dirty_pages), which this VM lacks")]
     NotTracked,
