@@ -12,7 +12,10 @@ use std::os::unix::fs::FileExt;
 
 use vm_memory::bitmap::{AtomicBitmap, NewBitmap};
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{
+    Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion,
+    MemoryRegionAddress,
+};
 
 use crate::{Error, GuestMemoryMmap, GuestRam, GuestRegionMmap, PAGE_SIZE, check_size, ram_ranges};
 
@@ -40,17 +43,30 @@ pub enum FileError {
 
 impl GuestRam {
     /// Writes every RAM range to `file`, in address order, from its current position, leaving
-    /// holes for all-zero chunks; the file ends up exactly the RAM's size longer.
+    /// holes for all-zero chunks; the file ends up exactly the RAM's size longer. Chunks the
+    /// guest never touched are skipped without being read (`untouched`).
     pub fn write_to(&self, file: &mut File) -> std::io::Result<()> {
         let start = file.stream_position()?;
         let mut buf = vec![0u8; CHUNK];
         let mut offset = start;
+        let page = PAGE_SIZE as usize;
         for region in self.memory.iter() {
             let len = region.len() as usize;
+            let untouched = region
+                .get_host_address(MemoryRegionAddress(0))
+                .ok()
+                .and_then(|host| crate::untouched::untouched_pages(host as usize, len))
+                .unwrap_or_default();
             let mut done = 0usize;
             while done < len {
                 let n = CHUNK.min(len - done);
                 let addr = region.start_addr().unchecked_add(done as u64);
+                let pages = done / page..(done + n).div_ceil(page);
+                if untouched.get(pages).is_some_and(|p| p.iter().all(|&u| u)) {
+                    offset += n as u64;
+                    done += n;
+                    continue;
+                }
                 self.memory
                     .read_slice(&mut buf[..n], addr)
                     .map_err(std::io::Error::other)?;

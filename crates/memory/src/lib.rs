@@ -5,6 +5,7 @@ mod dirty;
 mod file;
 mod layout;
 mod map_file;
+mod untouched;
 
 pub use allocator::{Allocator, Error as AllocError};
 pub use dirty::{DirtyPages, LayoutError, WriteError as DirtyWriteError};
