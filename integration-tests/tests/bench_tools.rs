@@ -103,12 +103,13 @@ fn tools_bench_snapshot_and_bench_start_print_tables() {
     let context = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{context}");
     let table = rows(&stdout, "| 256 MiB |");
-    assert_eq!(table.len(), 6, "one row per figure:\n{context}");
+    assert_eq!(table.len(), 7, "one row per figure:\n{context}");
     // "| memory | figure | kvmkit | QEMU |"
     let cold = seconds(table[0][3]);
     let restore = seconds(table[1][3]);
-    assert!(cold > 0.0 && restore > 0.0, "{context}");
-    assert!(table[4][3].contains("MiB"), "memory file sizes: {context}");
+    let echo = seconds(table[2][3]);
+    assert!(cold > 0.0 && restore > 0.0 && echo > 0.0, "{context}");
+    assert!(table[5][3].contains("MiB"), "memory file sizes: {context}");
     assert_eq!(
         table[0][4], "-",
         "no QEMU column on a --no-qemu run: {context}"
