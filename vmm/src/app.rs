@@ -86,8 +86,12 @@ fn run(invocation: Invocation, timeline: Arc<Timeline>) -> i32 {
             .map_err(|e| start_error(&e)),
         Source::ConfigFile(_) => controller.start_now(None).map_err(|e| start_error(&e)),
         Source::Api => controller.wait_for_start(&signals).map_err(|sig| 128 + sig),
-        Source::Restore { snapshot, memory } => controller
-            .restore_now(&snapshot, &memory, true, false)
+        Source::Restore {
+            snapshot,
+            memory,
+            track_dirty_pages,
+        } => controller
+            .restore_now(&snapshot, &memory, true, track_dirty_pages)
             .map_err(|e| start_error(&e)),
     };
     drop(signals);

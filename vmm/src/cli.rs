@@ -30,6 +30,8 @@ pub enum Source {
         snapshot: PathBuf,
         /// The memory file.
         memory: PathBuf,
+        /// Log dirty pages in the restored VM.
+        track_dirty_pages: bool,
     },
 }
 
@@ -124,7 +126,10 @@ fn command() -> Command {
                 .value_name("SNAPSHOT,mem=FILE")
                 .conflicts_with_all(VM_FLAGS)
                 .conflicts_with("config-file")
-                .help("Restore a snapshot (PUT /snapshot/create made it) and run it"),
+                .help(
+                    "Restore a snapshot (PUT /snapshot/create made it) and run it; \
+                     ,track_dirty_pages=on logs written pages for diff snapshots of it",
+                ),
         )
         .arg(
             Arg::new("api-sock")
@@ -316,8 +321,11 @@ where
         m.contains_id("kernel"),
     ) {
         (Some(file), _, _) => Source::ConfigFile(file.clone()),
-        (None, Some(restore), _) => config::parse_restore(restore)
-            .map(|(snapshot, memory)| Source::Restore { snapshot, memory })?,
+        (None, Some(restore), _) => config::parse_restore(restore).map(|r| Source::Restore {
+            snapshot: r.snapshot,
+            memory: r.memory,
+            track_dirty_pages: r.track_dirty_pages,
+        })?,
         (None, None, true) => Source::CommandLine,
         (None, None, false) => Source::Api,
     };
@@ -416,9 +424,18 @@ mod tests {
             i.source,
             Source::Restore {
                 snapshot: "vm.snap".into(),
-                memory: "vm.mem".into()
+                memory: "vm.mem".into(),
+                track_dirty_pages: false,
             }
         );
+        let i = invocation(&["--restore", "vm.snap,mem=vm.mem,track_dirty_pages=on"]).unwrap();
+        assert!(matches!(
+            i.source,
+            Source::Restore {
+                track_dirty_pages: true,
+                ..
+            }
+        ));
         assert!(invocation(&["--restore", "vm.snap"]).is_err());
         assert!(invocation(&["--restore", "s,mem=m", "--kernel", "k"]).is_err());
         let i = invocation(&["--config-file", "vm.json", "--no-api"]).unwrap();

@@ -42,7 +42,9 @@ pub enum Error {
     #[error("invalid --rng '{0}': expected on or off")]
     Rng(String),
     /// A `--restore` value that does not parse.
-    #[error("invalid --restore '{0}': expected SNAPSHOT,mem=MEMORY_FILE")]
+    #[error(
+        "invalid --restore '{0}': expected SNAPSHOT,mem=MEMORY_FILE[,track_dirty_pages=on|off]"
+    )]
     Restore(String),
     /// Guest memory larger than the host's.
     #[error("guest memory {req} MiB is more than the host's {host} MiB", req = .0 >> 20, host = .1 >> 20)]
@@ -214,21 +216,50 @@ pub fn parse_memory(s: &str) -> Result<MemoryOption, Error> {
     })
 }
 
-/// Parses `--restore SNAPSHOT,mem=MEMORY_FILE`.
+/// `--restore`: the snapshot to restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreOption {
+    /// The state file.
+    pub snapshot: PathBuf,
+    /// The memory file.
+    pub memory: PathBuf,
+    /// Log dirty pages in the restored VM (for diff snapshots of it), as `PUT /snapshot/load`'s
+    /// `track_dirty_pages`; a VM that logged them when saved logs them again anyway.
+    pub track_dirty_pages: bool,
+}
+
+/// Parses `--restore SNAPSHOT,mem=MEMORY_FILE[,track_dirty_pages=on|off]`.
 ///
 /// ```
 /// use kvmkit::config::parse_restore;
-/// let (s, m) = parse_restore("vm.snap,mem=vm.mem").unwrap();
-/// assert_eq!((s.to_str(), m.to_str()), (Some("vm.snap"), Some("vm.mem")));
+/// let r = parse_restore("vm.snap,mem=vm.mem").unwrap();
+/// assert_eq!((r.snapshot.to_str(), r.memory.to_str()), (Some("vm.snap"), Some("vm.mem")));
+/// assert!(!r.track_dirty_pages);
+/// assert!(parse_restore("a,mem=b,track_dirty_pages=on").unwrap().track_dirty_pages);
 /// assert!(parse_restore("vm.snap").is_err());
+/// assert!(parse_restore("a,mem=b,thp=on").is_err());
 /// ```
-pub fn parse_restore(s: &str) -> Result<(PathBuf, PathBuf), Error> {
+pub fn parse_restore(s: &str) -> Result<RestoreOption, Error> {
     let err = || Error::Restore(s.to_owned());
-    let (snapshot, memory) = s.split_once(",mem=").ok_or_else(err)?;
-    if snapshot.is_empty() || memory.is_empty() || memory.contains(',') {
+    let (snapshot, rest) = s.split_once(",mem=").ok_or_else(err)?;
+    let mut items = rest.split(',');
+    let memory = items.next().unwrap_or_default();
+    if snapshot.is_empty() || memory.is_empty() {
         return Err(err());
     }
-    Ok((PathBuf::from(snapshot), PathBuf::from(memory)))
+    let mut track_dirty_pages = false;
+    for item in items {
+        track_dirty_pages = match item {
+            "track_dirty_pages=on" => true,
+            "track_dirty_pages=off" => false,
+            _ => return Err(err()),
+        };
+    }
+    Ok(RestoreOption {
+        snapshot: PathBuf::from(snapshot),
+        memory: PathBuf::from(memory),
+        track_dirty_pages,
+    })
 }
 
 /// Parses a vCPU count in `1..=max`: `N`, or Cloud Hypervisor's `boot=N`.
