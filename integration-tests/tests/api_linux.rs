@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kvmkit_integration_tests::disks::Scratch;
-use kvmkit_integration_tests::{Background, guest_cmdline, guest_dir};
+use kvmkit_integration_tests::{Background, guest_cmdline, guest_dir, wait_for_path};
 use serde_json::{Value, json};
 
 /// How long a boot may take to reach the init's control loop.
@@ -79,18 +79,6 @@ fn get(sock: &Path, path: &str) -> Value {
     let (code, text) = curl(sock, "GET", path, None);
     assert_eq!(code, 200, "GET {path}: {text}");
     serde_json::from_str(&text).unwrap()
-}
-
-fn wait_for_socket(sock: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            sock.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn ticks(vm: &Background) -> usize {
@@ -227,7 +215,7 @@ fn a_firecracker_curl_sequence_boots_pauses_resumes_and_powers_off_the_guest() {
             .arg(&sock)
             .args(["--id", "curl-vm"]),
     );
-    wait_for_socket(&sock);
+    wait_for_path(&sock);
     let info = get(&sock, "/");
     assert_eq!(
         (info["id"].as_str(), info["state"].as_str()),
@@ -416,7 +404,7 @@ fn the_same_json_as_a_config_file_boots_and_ctrl_alt_del_reboots_the_guest() {
             .arg("--api-sock")
             .arg(&sock),
     );
-    wait_for_socket(&sock);
+    wait_for_path(&sock);
     assert_eq!(get(&sock, "/")["state"], "Running");
     let shown = get(&sock, "/vm/config");
     // What the file gave comes back; GET also shows the defaults of what it left out.

@@ -278,11 +278,7 @@ fn a_stop_signal_while_waiting_for_the_api_removes_the_socket() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(std::time::Instant::now() < deadline, "no socket");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    kvmkit_integration_tests::wait_for_path(&sock);
     let (status, body) = kvmkit::api::client::call(&sock, "GET", "/", None).unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("\"state\":\"Not started\""), "{body}");

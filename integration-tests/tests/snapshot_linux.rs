@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use kvmkit::api::client::call;
 use kvmkit_integration_tests::disks::Scratch;
 use kvmkit_integration_tests::netns::{GUEST_IP, NetNs, TAP};
-use kvmkit_integration_tests::{Background, guest_cmdline, guest_dir};
+use kvmkit_integration_tests::{Background, guest_cmdline, guest_dir, wait_for_path};
 use serde_json::{Value, json};
 
 /// kvmkit, run in the test's network namespace (where the tap is).
@@ -50,18 +50,6 @@ fn api(sock: &Path, method: &str, path: &str, body: &Value) -> (u16, String) {
 fn ok(sock: &Path, method: &str, path: &str, body: &Value) {
     let (status, text) = api(sock, method, path, body);
     assert_eq!(status, 204, "{method} {path}: {text}");
-}
-
-fn wait_for_socket(sock: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            sock.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The counts the guest printed, in order.
@@ -119,7 +107,7 @@ fn a_counting_guest_is_snapshotted_killed_restored_twice_diffed_and_counts_on() 
     // The cold boot, configured through the API.
     let sock = s.0.join("first.sock");
     let first = Background::spawn(kvmkit(&ns).arg("--api-sock").arg(&sock));
-    wait_for_socket(&sock);
+    wait_for_path(&sock);
     let guest = guest_dir();
     ok(
         &sock,
@@ -217,7 +205,7 @@ fn a_counting_guest_is_snapshotted_killed_restored_twice_diffed_and_counts_on() 
     wait_for_tick(&second, at + 5);
     let counted = ticks(&second.stdout());
     assert_eq!(counted[0], at + 1, "the count goes on: {counted:?}");
-    wait_for_socket(&sock2);
+    wait_for_path(&sock2);
     let info: Value = serde_json::from_str(&call(&sock2, "GET", "/", None).unwrap().1).unwrap();
     assert_eq!(info["state"], "Running");
     ping(&ns);
@@ -240,7 +228,7 @@ fn a_counting_guest_is_snapshotted_killed_restored_twice_diffed_and_counts_on() 
     // logging dirty pages.
     let sock3 = s.0.join("third.sock");
     let third = Background::spawn(kvmkit(&ns).arg("--api-sock").arg(&sock3));
-    wait_for_socket(&sock3);
+    wait_for_path(&sock3);
     ok(
         &sock3,
         "PUT",

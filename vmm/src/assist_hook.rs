@@ -19,8 +19,6 @@ const EMULATION_FAILURE: u32 = kvm_bindings::KVM_INTERNAL_ERROR_EMULATION;
 pub struct AssistHook {
     assist: Arc<Assist>,
     syscalls: SyscallBridge,
-    /// The LSTAR the bridge was last armed with.
-    lstar: Option<u64>,
     /// Set once the LSTAR write trap is in, while the vCPU already runs (a restored VM does not
     /// wait for it); the hook then reads LSTAR once, for a write the trap came too late to see.
     trap_ready: Option<Arc<AtomicBool>>,
@@ -32,7 +30,6 @@ impl AssistHook {
         Self {
             assist,
             syscalls: SyscallBridge::default(),
-            lstar: None,
             trap_ready: None,
         }
     }
@@ -69,7 +66,6 @@ impl ExitHook for AssistHook {
                 }
             }
             Unhandled::WriteMsr { index, data } if index == accel::x86::msr::LSTAR => {
-                self.lstar = Some(data);
                 match self.syscalls.lstar_written(&self.assist, vcpu, data) {
                     Ok(armed) => {
                         log::debug!(
@@ -109,7 +105,7 @@ impl ExitHook for AssistHook {
                 return None;
             }
         };
-        if lstar == 0 || self.lstar == Some(lstar) {
+        if lstar == 0 || self.syscalls.entry() == Some(lstar) {
             return None;
         }
         let write = Unhandled::WriteMsr {

@@ -123,7 +123,7 @@ impl Vm {
         } else {
             None
         };
-        // Registering RAM waits for a grace period inside KVM (about 5 ms here, whatever the
+        // Registering RAM waits for a grace period inside KVM (1-12 ms here, whatever the
         // size): a thread of its own does it while the devices are made and the kernel loaded.
         let memory_slots = {
             let (vm, memory, log) = (vm.clone(), ram.memory().clone(), machine.track_dirty_pages);

@@ -68,6 +68,11 @@ pub struct SyscallBridge {
 }
 
 impl SyscallBridge {
+    /// The guest's SYSCALL entry point, once a LSTAR write told it.
+    pub fn entry(&self) -> Option<u64> {
+        self.entry
+    }
+
     /// The guest wrote `value` to LSTAR (trapped): writes it for the guest, and arms the breakpoint
     /// on the guest's #PF handler. Returns false (and arms nothing) if the guest has no readable
     /// 64-bit #PF gate yet; its system calls then behave as without kvmkit.

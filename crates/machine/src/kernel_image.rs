@@ -14,19 +14,12 @@ pub(crate) struct KernelImage<'a> {
     file: File,
     len: u64,
     mem: &'a GuestMemoryMmap,
-    /// Bytes mapped rather than read (for tests and logs).
-    pub(crate) mapped: u64,
 }
 
 impl<'a> KernelImage<'a> {
     /// `file`, of `len` bytes, to be loaded into `mem`.
     pub(crate) fn new(file: File, len: u64, mem: &'a GuestMemoryMmap) -> Self {
-        Self {
-            file,
-            len,
-            mem,
-            mapped: 0,
-        }
+        Self { file, len, mem }
     }
 
     /// Maps the whole pages at the start of `buf` from the file's current position, if both are
@@ -44,10 +37,7 @@ impl<'a> KernelImage<'a> {
             return 0;
         };
         match memory::map_file_pages(self.mem, addr, &self.file, pos, pages) {
-            Ok(()) if self.file.seek(SeekFrom::Start(pos + pages)).is_ok() => {
-                self.mapped += pages;
-                pages
-            }
+            Ok(()) if self.file.seek(SeekFrom::Start(pos + pages)).is_ok() => pages,
             _ => 0,
         }
     }

@@ -95,7 +95,7 @@ impl DirtyPages {
 }
 
 /// The bitmap vm-memory keeps for `region`.
-fn bitmap_of(region: &crate::GuestRegionMmap) -> &AtomicBitmap {
+pub(crate) fn bitmap_of(region: &crate::GuestRegionMmap) -> &AtomicBitmap {
     let mapping: &MmapRegion<AtomicBitmap> = region;
     mapping.bitmap()
 }
@@ -130,11 +130,14 @@ impl GuestRam {
     /// diff alone, with holes elsewhere. The file ends up the RAM's size. Returns the bytes
     /// written.
     pub fn write_dirty_to(&self, file: &File, pages: &DirtyPages) -> Result<u64, WriteError> {
-        if pages.0.len() > self.memory.num_regions() {
-            return Err(WriteError::Layout(LayoutError {
+        let layout = || {
+            WriteError::Layout(LayoutError {
                 expected: self.memory.num_regions(),
                 found: pages.0.len(),
-            }));
+            })
+        };
+        if pages.0.len() > self.memory.num_regions() {
+            return Err(layout());
         }
         let mut buf = vec![0u8; RUN];
         let mut file_start = 0u64;
@@ -143,10 +146,7 @@ impl GuestRam {
             let region_pages = region.len() / PAGE_SIZE;
             for (page, len) in pages.runs(range) {
                 if page + len > region_pages {
-                    return Err(WriteError::Layout(LayoutError {
-                        expected: self.memory.num_regions(),
-                        found: pages.0.len(),
-                    }));
+                    return Err(layout());
                 }
                 let mut done = 0u64;
                 let bytes = len * PAGE_SIZE;

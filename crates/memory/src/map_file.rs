@@ -15,7 +15,6 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 
 use vm_memory::bitmap::AtomicBitmap;
-use vm_memory::mmap::MmapRegion;
 use vm_memory::{
     Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
 };
@@ -69,8 +68,7 @@ fn host_range(
         return None;
     }
     let host = region.get_host_address(MemoryRegionAddress(offset)).ok()?;
-    let mapping: &MmapRegion<AtomicBitmap> = region;
-    Some((host, mapping.bitmap(), offset as usize))
+    Some((host, crate::dirty::bitmap_of(region), offset as usize))
 }
 
 /// Maps `len` bytes of `file` from `offset` over guest memory at `addr`, private and writable.

@@ -272,26 +272,21 @@ impl VmParts {
 
     /// Writes the pages `pages` into `memory` in place (a new file if there is none).
     fn write_diff(&self, memory: &Path, pages: &DirtyPages) -> Result<u64, Error> {
-        let path = memory.display().to_string();
+        let path = || memory.display().to_string();
+        let mem_error = |source| Error::MemoryFile {
+            path: path(),
+            source,
+        };
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
             .open(memory)
-            .map_err(|source| Error::MemoryFile {
-                path: path.clone(),
-                source,
-            })?;
-        let found = file
-            .metadata()
-            .map_err(|source| Error::MemoryFile {
-                path: path.clone(),
-                source,
-            })?
-            .len();
+            .map_err(mem_error)?;
+        let found = file.metadata().map_err(mem_error)?.len();
         if found != 0 && found != self.ram.size() {
             return Err(Error::DiffTarget {
-                path,
+                path: path(),
                 expected: self.ram.size(),
                 found,
             });
@@ -300,11 +295,10 @@ impl VmParts {
             .ram
             .write_dirty_to(&file, pages)
             .map_err(|source| Error::Diff {
-                path: path.clone(),
+                path: path(),
                 source,
             })?;
-        file.sync_all()
-            .map_err(|source| Error::MemoryFile { path, source })?;
+        file.sync_all().map_err(mem_error)?;
         Ok(bytes / PAGE_SIZE)
     }
 
