@@ -172,6 +172,31 @@ fn unusable_disks() {
         &kvmkit(&["--kernel", k, "--disk", &format!("path={}", s(&odd))]),
         "is 1000 bytes, not a multiple of 512",
     );
+    // Another process has the image: kvmkit locks a writable image exclusively, a read-only one
+    // shared, as QEMU does.
+    let held = scratch("held.img", &[0u8; 4096]);
+    let holder = std::fs::File::open(&held).unwrap();
+    holder.lock_shared().unwrap();
+    let disk = format!("path={}", s(&held));
+    assert_bad_input(
+        &kvmkit(&["--kernel", k, "--disk", &disk]),
+        "is in use: another VM has it open",
+    );
+    holder.unlock().unwrap();
+    holder.lock().unwrap();
+    assert_bad_input(
+        &kvmkit(&["--kernel", k, "--disk", &format!("{disk},readonly=on")]),
+        "is in use: another VM has it open writable",
+    );
+    // More devices than interrupt lines.
+    let many: Vec<String> = (0..20)
+        .map(|i| format!("path={}", s(&scratch(&format!("many{i}.img"), &[0u8; 512]))))
+        .collect();
+    let mut args = vec!["--kernel", k];
+    for d in &many {
+        args.extend(["--disk", d.as_str()]);
+    }
+    assert_bad_input(&kvmkit(&args), "too many virtio devices: 21 asked for");
 }
 
 #[test]

@@ -55,7 +55,7 @@ fn build_error_code(e: &vm::Error) -> i32 {
     match e {
         vm::Error::Memory(R::TooSmall(_) | R::TooLarge(_) | R::Unaligned(_)) => EXIT_BAD_INPUT,
         vm::Error::Accel(accel::Error::VcpuId { .. }) => EXIT_BAD_INPUT,
-        vm::Error::Devices(D::Disk(_) | D::Net(_)) => EXIT_BAD_INPUT,
+        vm::Error::Devices(D::Disk(_) | D::Net(_) | D::TooMany { .. }) => EXIT_BAD_INPUT,
         vm::Error::Machine(
             M::Open { .. }
             | M::KernelFormat(_)

@@ -22,23 +22,39 @@ pub fn disk_name(i: usize) -> String {
     format!("vd{name}")
 }
 
-/// Makes and places the virtio devices `config` asks for.
+/// Makes and places the virtio devices `config` asks for. More devices than interrupt lines is
+/// [`Error::TooMany`], naming how many fit.
 pub fn add_configured(
     dm: &mut DeviceManager,
     vm: &accel::Vm,
     mem: &GuestMemoryMmap,
     config: &DevicesConfig,
 ) -> Result<(), Error> {
+    let asked = config.disks.len() + config.nets.len() + usize::from(config.rng.is_some());
+    let mut placed = 0;
+    let mut place = |dm: &mut DeviceManager, name: &str, device| -> Result<(), Error> {
+        match dm.add_virtio(vm, mem, name, device) {
+            Err(Error::Allocate(memory::AllocError::Irq(_))) => Err(Error::TooMany {
+                asked,
+                room: placed,
+            }),
+            Err(e) => Err(e),
+            Ok(_) => {
+                placed += 1;
+                Ok(())
+            }
+        }
+    };
     for (i, disk) in config.disks.iter().enumerate() {
         let name = disk_name(i);
-        dm.add_virtio(vm, mem, &name, Box::new(Block::new(&name, disk)?))?;
+        place(dm, &name, Box::new(Block::new(&name, disk)?))?;
     }
     for (i, net) in config.nets.iter().enumerate() {
         let name = net.id.clone().unwrap_or_else(|| format!("net{i}"));
-        dm.add_virtio(vm, mem, &name, Box::new(Net::new(&name, net)?))?;
+        place(dm, &name, Box::new(Net::new(&name, net)?))?;
     }
     if let Some(rng) = &config.rng {
-        dm.add_virtio(vm, mem, "rng0", Box::new(Rng::new("rng0", rng)))?;
+        place(dm, "rng0", Box::new(Rng::new("rng0", rng)))?;
     }
     Ok(())
 }

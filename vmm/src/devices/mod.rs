@@ -53,6 +53,17 @@ pub enum Error {
     /// A network device's tap cannot be used.
     #[error(transparent)]
     Net(#[from] virtio_devices::net::Error),
+    /// More virtio devices than free interrupt lines (each device has a line of its own).
+    #[error(
+        "too many virtio devices: {asked} asked for (disks, network cards and the entropy \
+         device together), room for {room}"
+    )]
+    TooMany {
+        /// Disks, network cards and the rng asked for.
+        asked: usize,
+        /// How many fit.
+        room: usize,
+    },
 }
 
 /// The address spaces a vCPU's exits go to.

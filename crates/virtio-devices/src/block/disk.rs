@@ -4,6 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// The sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
@@ -23,6 +24,15 @@ pub enum Error {
     /// The path is not a regular file.
     #[error("disk image {0} is not a regular file")]
     NotAFile(PathBuf),
+    /// Another process (or another disk of this VM) holds the image: a writable image is locked
+    /// exclusively, a read-only one shared, as QEMU does, so two VMs never write one image.
+    #[error("disk image {path} is in use: {how}")]
+    Locked {
+        /// The image.
+        path: PathBuf,
+        /// What holds it.
+        how: &'static str,
+    },
     /// The size is not whole sectors.
     #[error("disk image {path} is {size} bytes, not a multiple of 512")]
     Size {
@@ -39,6 +49,10 @@ pub struct DiskImage {
     file: File,
     sectors: u64,
     read_only: bool,
+    /// The errno of the first failed `fdatasync`, 0 while none has failed. Once one has, every
+    /// later flush fails too: the kernel reports a lost write-back once, and a flush that then
+    /// said OK would tell the guest that data it never wrote is safe.
+    flush_error: AtomicI32,
 }
 
 impl DiskImage {
@@ -58,6 +72,25 @@ impl DiskImage {
             .write(!read_only)
             .open(path)
             .map_err(open_err)?;
+        let locked = if read_only {
+            file.try_lock_shared()
+        } else {
+            file.try_lock()
+        };
+        match locked {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    path: path.to_owned(),
+                    how: if read_only {
+                        "another VM has it open writable"
+                    } else {
+                        "another VM has it open"
+                    },
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(open_err(e)),
+        }
         let size = file.metadata().map_err(open_err)?.len();
         if !size.is_multiple_of(SECTOR_SIZE) {
             return Err(Error::Size {
@@ -69,6 +102,7 @@ impl DiskImage {
             file,
             sectors: size / SECTOR_SIZE,
             read_only,
+            flush_error: AtomicI32::new(0),
         })
     }
 
@@ -99,9 +133,33 @@ impl DiskImage {
         self.file.write_all_at(buf, offset)
     }
 
-    /// Makes every completed write durable (`fdatasync`).
+    /// Makes every completed write durable (`fdatasync`). Once a flush has failed, every later one
+    /// fails too, naming the first error: writes before it may be lost.
     pub fn flush(&self) -> std::io::Result<()> {
-        self.file.sync_data()
+        self.flush_with(File::sync_data)
+    }
+
+    /// Makes this image behave as if a flush had failed with `errno` (tests of what the guest sees).
+    #[cfg(test)]
+    pub(crate) fn poison_flush(&self, errno: i32) {
+        let _ = self.flush_with(|_| Err(std::io::Error::from_raw_os_error(errno)));
+    }
+
+    fn flush_with(&self, sync: impl FnOnce(&File) -> std::io::Result<()>) -> std::io::Result<()> {
+        let earlier = self.flush_error.load(Ordering::Acquire);
+        if earlier != 0 {
+            let first = std::io::Error::from_raw_os_error(earlier);
+            return Err(std::io::Error::new(
+                first.kind(),
+                format!("an earlier flush failed ({first}): writes may have been lost"),
+            ));
+        }
+        sync(&self.file).inspect_err(|e| {
+            let errno = e.raw_os_error().filter(|&n| n != 0).unwrap_or(libc::EIO);
+            let _ =
+                self.flush_error
+                    .compare_exchange(0, errno, Ordering::AcqRel, Ordering::Acquire);
+        })
     }
 
     /// Deallocates `len` bytes at `offset`; they read back as zeros. Where the host filesystem cannot
@@ -247,5 +305,47 @@ mod tests {
         assert!(all[..4608].iter().all(|&x| x == 0));
         assert!(all[4608..].iter().all(|&x| x == 0x5a));
         disk.flush().unwrap();
+    }
+
+    #[test]
+    fn a_writable_image_is_locked_against_any_other_opener() {
+        let (_d, p) = image(4096);
+        let writer = DiskImage::open(&p, false).unwrap();
+        for read_only in [false, true] {
+            let e = DiskImage::open(&p, read_only).unwrap_err();
+            assert!(matches!(e, Error::Locked { .. }), "{e}");
+            assert!(e.to_string().contains("in use"), "{e}");
+        }
+        drop(writer);
+        // Readers share; a writer waits for them all to go.
+        let (r1, r2) = (
+            DiskImage::open(&p, true).unwrap(),
+            DiskImage::open(&p, true).unwrap(),
+        );
+        assert!(matches!(
+            DiskImage::open(&p, false),
+            Err(Error::Locked { .. })
+        ));
+        drop((r1, r2));
+        DiskImage::open(&p, false).unwrap();
+    }
+
+    #[test]
+    fn after_a_failed_flush_every_later_flush_fails() {
+        let (_d, p) = image(4096);
+        let disk = DiskImage::open(&p, false).unwrap();
+        disk.flush().unwrap();
+        let e = disk
+            .flush_with(|_| Err(std::io::Error::from_raw_os_error(libc::EIO)))
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+        // The kernel would now report success for fdatasync: kvmkit must not.
+        for _ in 0..2 {
+            let later = disk.flush().unwrap_err();
+            assert!(
+                later.to_string().contains("earlier flush failed"),
+                "{later}"
+            );
+        }
     }
 }

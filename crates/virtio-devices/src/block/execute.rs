@@ -16,6 +16,9 @@ const CHUNK: usize = 64 << 10;
 const RANGE_SIZE: u64 = 16;
 /// The most ranges one discard or write-zeroes request may carry (the config's `max_*_seg`).
 pub const MAX_RANGES: u32 = 16;
+/// The most sectors one discard or write-zeroes range may cover (the config's
+/// `max_discard_sectors` and `max_write_zeroes_sectors`): 2 GiB.
+pub const MAX_RANGE_SECTORS: u32 = 1 << 22;
 
 /// Why a request failed (the guest gets `VIRTIO_BLK_S_IOERR` or `VIRTIO_BLK_S_UNSUPP`).
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,15 @@ pub enum Error {
     /// The type is not implemented.
     #[error("unsupported request type {0}")]
     Unsupported(u32),
+    /// A discard or write-zeroes range with flags the device does not know, or a discard asking
+    /// to unmap (the spec has the device answer both `VIRTIO_BLK_S_UNSUPP`).
+    #[error("unsupported {kind} flags {flags:#x}")]
+    UnsupportedFlags {
+        /// "discard" or "write-zeroes".
+        kind: &'static str,
+        /// The range's flags.
+        flags: u32,
+    },
     /// Guest memory could not be accessed.
     #[error("guest memory: {0}")]
     Memory(#[from] vm_memory::GuestMemoryError),
@@ -52,7 +64,7 @@ impl Error {
     /// The virtio-blk status for this error.
     pub fn status(&self) -> u8 {
         match self {
-            Self::Unsupported(_) => VIRTIO_BLK_S_UNSUPP as u8,
+            Self::Unsupported(_) | Self::UnsupportedFlags { .. } => VIRTIO_BLK_S_UNSUPP as u8,
             _ => STATUS_IOERR,
         }
     }
@@ -114,15 +126,16 @@ pub fn execute<M: GuestMemory>(
             if disk.read_only() {
                 return Err(Error::ReadOnly);
             }
-            for (sector, sectors, flags) in ranges(req, mem)? {
-                let (offset, len) = (sector * SECTOR_SIZE, u64::from(sectors) * SECTOR_SIZE);
-                if !disk.contains(offset, len) {
-                    return Err(Error::OutOfRange { sector, bytes: len });
-                }
+            // Every range is checked before any is carried out: a bad one fails the request
+            // without half of it done.
+            let ranges = ranges(req, mem)?
+                .into_iter()
+                .map(|r| checked_range(req.kind, r, disk))
+                .collect::<Result<Vec<_>, _>>()?;
+            for (offset, len, unmap) in ranges.into_iter().filter(|r| r.1 > 0) {
                 if req.kind == RequestType::Discard {
                     disk.discard(offset, len)?;
                 } else {
-                    let unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
                     disk.write_zeroes(offset, len, unmap)?;
                 }
             }
@@ -144,6 +157,32 @@ fn sector_range(req: &Request, disk: &DiskImage) -> Result<u64, Error> {
             sector: req.sector,
             bytes: req.data_len,
         })
+}
+
+/// The byte offset, length and unmap flag of one discard / write-zeroes range, checked: flags the
+/// spec allows, at most [`MAX_RANGE_SECTORS`], no overflow, inside the disk.
+fn checked_range(
+    kind: RequestType,
+    (sector, sectors, flags): (u64, u32, u32),
+    disk: &DiskImage,
+) -> Result<(u64, u64, bool), Error> {
+    let unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
+    let (name, allowed) = match kind {
+        RequestType::Discard => ("discard", 0),
+        _ => ("write-zeroes", VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP),
+    };
+    if flags & !allowed != 0 {
+        return Err(Error::UnsupportedFlags { kind: name, flags });
+    }
+    if sectors > MAX_RANGE_SECTORS {
+        return Err(Error::Ranges("a range is larger than the device's maximum"));
+    }
+    let len = u64::from(sectors) * SECTOR_SIZE;
+    sector
+        .checked_mul(SECTOR_SIZE)
+        .filter(|&offset| disk.contains(offset, len))
+        .map(|offset| (offset, len, unmap))
+        .ok_or(Error::OutOfRange { sector, bytes: len })
 }
 
 /// Walks the segments in chunks of at most [`CHUNK`] bytes, calling `step(buffer, guest address,
@@ -341,6 +380,94 @@ mod tests {
                 "payload of {len} bytes"
             );
         }
+    }
+
+    /// One 16-byte discard / write-zeroes range at 0x1000.
+    fn put_range(m: &GuestMemoryMmap, sector: u64, sectors: u32, flags: u32) {
+        let mut r = sector.to_le_bytes().to_vec();
+        r.extend_from_slice(&sectors.to_le_bytes());
+        r.extend_from_slice(&flags.to_le_bytes());
+        m.write_slice(&r, GuestAddress(0x1000)).unwrap();
+    }
+
+    #[test]
+    fn ranges_whose_byte_offset_wraps_are_refused_and_touch_nothing() {
+        // 2^55 sectors * 512 wraps to byte 0 in a u64: without checked arithmetic the request
+        // zeroed sectors 0-7 and said OK.
+        let (_d, p) = image(8192);
+        let disk = DiskImage::open(&p, false).unwrap();
+        let m = mem();
+        for sector in [1u64 << 55, u64::MAX, (u64::MAX / 512) + 1] {
+            for kind in [RequestType::Discard, RequestType::WriteZeroes] {
+                put_range(&m, sector, 8, 0);
+                let e = execute(&req(kind, 0, &[(0x1000, 16)]), &m, &disk, b"").unwrap_err();
+                assert!(
+                    matches!(e, Error::OutOfRange { .. }),
+                    "{kind:?} {sector}: {e}"
+                );
+                assert_eq!(e.status(), STATUS_IOERR);
+            }
+        }
+        let mut b = vec![0u8; 8192];
+        disk.read_at(&mut b, 0).unwrap();
+        assert!(b.iter().all(|&x| x == 0x5a), "the image is untouched");
+    }
+
+    #[test]
+    fn range_limits_and_flags_follow_the_spec() {
+        let (_d, p) = image(8192);
+        let disk = DiskImage::open(&p, false).unwrap();
+        let m = mem();
+        let run = |kind, sector, sectors, flags| {
+            put_range(&m, sector, sectors, flags);
+            execute(&req(kind, 0, &[(0x1000, 16)]), &m, &disk, b"")
+        };
+        let (d, z) = (RequestType::Discard, RequestType::WriteZeroes);
+        // Larger than max_discard_sectors / max_write_zeroes_sectors: IOERR.
+        for kind in [d, z] {
+            let e = run(kind, 0, MAX_RANGE_SECTORS + 1, 0).unwrap_err();
+            assert!(matches!(e, Error::Ranges(_)), "{e}");
+        }
+        // A discard with the unmap flag, or either with an unknown flag: UNSUPP.
+        for (kind, flags) in [(d, 1), (d, 2), (z, 2), (z, 1 << 31)] {
+            let e = run(kind, 0, 1, flags).unwrap_err();
+            assert_eq!(
+                e.status(),
+                VIRTIO_BLK_S_UNSUPP as u8,
+                "{kind:?} {flags:#x}: {e}"
+            );
+        }
+        let mut b = vec![0u8; 8192];
+        disk.read_at(&mut b, 0).unwrap();
+        assert!(b.iter().all(|&x| x == 0x5a), "nothing was done");
+        // Write-zeroes with unmap is fine; so is a range of zero sectors.
+        run(z, 1, 1, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP).unwrap();
+        run(d, 3, 0, 0).unwrap();
+        disk.read_at(&mut b, 0).unwrap();
+        assert!(b[512..1024].iter().all(|&x| x == 0));
+        assert!(b[..512].iter().chain(&b[1024..]).all(|&x| x == 0x5a));
+    }
+
+    #[test]
+    fn a_bad_range_fails_the_request_before_any_range_is_done() {
+        let (_d, p) = image(8192);
+        let disk = DiskImage::open(&p, false).unwrap();
+        let m = mem();
+        let mut two = Vec::new();
+        for (sector, n) in [(0u64, 2u32), (1 << 55, 8)] {
+            two.extend_from_slice(&sector.to_le_bytes());
+            two.extend_from_slice(&n.to_le_bytes());
+            two.extend_from_slice(&0u32.to_le_bytes());
+        }
+        m.write_slice(&two, GuestAddress(0x1000)).unwrap();
+        let r = req(RequestType::WriteZeroes, 0, &[(0x1000, 32)]);
+        execute(&r, &m, &disk, b"").unwrap_err();
+        let mut b = vec![0u8; 1024];
+        disk.read_at(&mut b, 0).unwrap();
+        assert!(
+            b.iter().all(|&x| x == 0x5a),
+            "the first range was not done either"
+        );
     }
 
     #[test]

@@ -66,6 +66,7 @@ pub struct Requests {
     disk: Arc<DiskImage>,
     serial: Vec<u8>,
     stats: Arc<BlockStats>,
+    write_through: bool,
 }
 
 impl Requests {
@@ -76,6 +77,16 @@ impl Requests {
             disk,
             serial,
             stats: Arc::default(),
+            write_through: false,
+        }
+    }
+
+    /// The same, with every write made durable before it completes: what a driver that did not
+    /// negotiate `VIRTIO_BLK_F_FLUSH` assumes (it never asks for a flush).
+    pub fn write_through(self, on: bool) -> Self {
+        Self {
+            write_through: on,
+            ..self
         }
     }
 
@@ -106,7 +117,13 @@ impl ChainHandler for Requests {
     fn handle(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
         match parse(chain, mem) {
             Ok(req) => {
-                let (status, written) = match execute(&req, mem, &self.disk, &self.serial) {
+                let done = execute(&req, mem, &self.disk, &self.serial).and_then(|n| {
+                    if self.write_through && req.kind.writes() {
+                        self.disk.flush()?;
+                    }
+                    Ok(n)
+                });
+                let (status, written) = match done {
                     Ok(n) => {
                         self.count(req.kind, req.data_len);
                         (STATUS_OK, n)

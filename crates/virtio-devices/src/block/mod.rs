@@ -32,8 +32,6 @@ pub use disk::{DiskImage, SECTOR_SIZE};
 pub const QUEUE_SIZE: u16 = 256;
 /// The size of the configuration space (`struct virtio_blk_config` up to write_zeroes_may_unmap).
 const CONFIG_SIZE: usize = 60;
-/// The most sectors one discard or write-zeroes range may cover (2 GiB).
-const MAX_RANGE_SECTORS: u32 = 1 << 22;
 
 /// How to make a disk.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -96,10 +94,10 @@ impl Block {
         put(0, &disk.sectors().to_le_bytes()); // capacity
         put(12, &u32::from(QUEUE_SIZE - 2).to_le_bytes()); // seg_max: header and status take two
         put(20, &(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
-        put(36, &MAX_RANGE_SECTORS.to_le_bytes()); // max_discard_sectors
+        put(36, &execute::MAX_RANGE_SECTORS.to_le_bytes()); // max_discard_sectors
         put(40, &execute::MAX_RANGES.to_le_bytes()); // max_discard_seg
         put(44, &1u32.to_le_bytes()); // discard_sector_alignment
-        put(48, &MAX_RANGE_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
+        put(48, &execute::MAX_RANGE_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
         put(52, &execute::MAX_RANGES.to_le_bytes()); // max_write_zeroes_seg
         put(56, &[1]); // write_zeroes_may_unmap
         Ok(Self {
@@ -144,8 +142,10 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+        let flush = a.features & (1 << VIRTIO_BLK_F_FLUSH) != 0;
         let requests = Requests::new(&self.name, self.disk.clone(), self.serial.clone())
-            .counting(self.stats.clone());
+            .counting(self.stats.clone())
+            .write_through(!flush);
         self.worker = Some(virtio::start_worker(&self.name, a, requests)?);
         Ok(())
     }

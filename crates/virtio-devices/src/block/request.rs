@@ -53,6 +53,11 @@ impl RequestType {
         }
     }
 
+    /// Whether the request changes the image (write, discard, write-zeroes).
+    pub fn writes(self) -> bool {
+        matches!(self, Self::Out | Self::Discard | Self::WriteZeroes)
+    }
+
     /// Whether the device writes the data buffers (rather than reading them).
     fn device_writes_data(self) -> bool {
         matches!(self, Self::In | Self::GetId)

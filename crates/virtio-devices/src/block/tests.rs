@@ -3,7 +3,8 @@
 
 use virtio::testing::{FakeDriver, NEXT, R, W};
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -15,6 +16,7 @@ struct Driver {
     d: FakeDriver,
     _dir: Dir,
     path: std::path::PathBuf,
+    disk: std::sync::Arc<super::DiskImage>,
 }
 
 const SIZE: u16 = 64;
@@ -30,9 +32,15 @@ fn driver(bytes: usize, read_only: bool, features: u64) -> Driver {
         },
     )
     .unwrap();
+    let disk = block.disk.clone();
     let mut d = FakeDriver::new(Box::new(block), 4 << 20, SIZE);
     d.start(features);
-    Driver { d, _dir: dir, path }
+    Driver {
+        d,
+        _dir: dir,
+        path,
+        disk,
+    }
 }
 
 impl Driver {
@@ -43,6 +51,21 @@ impl Driver {
     }
     fn status(&self, at: u64) -> u8 {
         self.d.mem.read_obj(GuestAddress(at)).unwrap()
+    }
+    /// Sends one request with a 512-byte data buffer (none for a flush); returns its status.
+    fn request(&mut self, kind: u32, sector: u64) -> u8 {
+        self.header(0x1000, kind, sector);
+        self.d.mem.write_obj(0xffu8, GuestAddress(0x2000)).unwrap();
+        let data = if kind == VIRTIO_BLK_T_IN { W } else { R };
+        let chain: &[(u64, u32, u16)] = if kind == VIRTIO_BLK_T_FLUSH {
+            &[(0x1000, 16, R), (0x2000, 1, W)]
+        } else {
+            &[(0x1000, 16, R), (0x40000, 512, data), (0x2000, 1, W)]
+        };
+        self.d.add(0, chain);
+        self.d.kick(0);
+        self.d.wait_used(0, 1);
+        self.status(0x2000)
     }
     fn image(&self) -> Vec<u8> {
         std::fs::read(&self.path).unwrap()
@@ -185,4 +208,27 @@ fn with_event_idx_requests_are_still_all_answered() {
     d.d.kick(0);
     assert_eq!(d.d.wait_used(0, 5).len(), 5);
     assert!((0..5).all(|i| d.status(0x2000 + i) == VIRTIO_BLK_S_OK as u8));
+}
+
+#[test]
+fn without_flush_negotiated_every_write_is_synced_and_a_sync_error_fails_it() {
+    // The driver did not take VIRTIO_BLK_F_FLUSH, so it treats the disk as write-through: a write
+    // that cannot be made durable must fail.
+    let mut d = driver(64 << 10, false, FEATURES);
+    assert_eq!(d.request(VIRTIO_BLK_T_OUT, 0), VIRTIO_BLK_S_OK as u8);
+    d.disk.poison_flush(libc::EIO);
+    assert_eq!(d.request(VIRTIO_BLK_T_OUT, 1), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(d.request(VIRTIO_BLK_T_IN, 1), VIRTIO_BLK_S_OK as u8);
+}
+
+#[test]
+fn with_flush_negotiated_writes_are_cached_and_a_failed_flush_stays_failed() {
+    let mut d = driver(64 << 10, false, FEATURES | 1 << VIRTIO_BLK_F_FLUSH);
+    assert_eq!(d.request(VIRTIO_BLK_T_FLUSH, 0), VIRTIO_BLK_S_OK as u8);
+    d.disk.poison_flush(libc::EIO);
+    // The write goes to the page cache; only the flush reports the loss, every time.
+    assert_eq!(d.request(VIRTIO_BLK_T_OUT, 1), VIRTIO_BLK_S_OK as u8);
+    for _ in 0..2 {
+        assert_eq!(d.request(VIRTIO_BLK_T_FLUSH, 0), VIRTIO_BLK_S_IOERR as u8);
+    }
 }
