@@ -74,6 +74,34 @@ impl TinyGuest {
         assist: AssistMode,
     ) -> Self {
         let serial = Capture::default();
+        Self::with_console(mode, code, data, assist, Box::new(serial.clone()), serial)
+    }
+
+    /// [`TinyGuest::with_assist`] with the UART writing to `console` (`serial` then stays empty).
+    pub fn with_console_output(
+        mode: Mode,
+        code: &[u8],
+        data: Option<(u64, &[u8])>,
+        console: Box<dyn std::io::Write + Send>,
+    ) -> Self {
+        Self::with_console(
+            mode,
+            code,
+            data,
+            AssistMode::Auto,
+            console,
+            Capture::default(),
+        )
+    }
+
+    fn with_console(
+        mode: Mode,
+        code: &[u8],
+        data: Option<(u64, &[u8])>,
+        assist: AssistMode,
+        console: Box<dyn std::io::Write + Send>,
+        serial: Capture,
+    ) -> Self {
         let machine = MachineConfig {
             memory: 32 << 20,
             cpus: 1,
@@ -84,7 +112,7 @@ impl TinyGuest {
         let vm = Vm::new(
             &machine,
             &DevicesConfig::default(),
-            Box::new(serial.clone()),
+            console,
             Default::default(),
         )
         .expect("create VM (is /dev/kvm usable?)");

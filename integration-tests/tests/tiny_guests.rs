@@ -278,3 +278,64 @@ fn a_device_plugged_into_the_running_vm_answers_the_guest() {
     assert_eq!(running.wait().unwrap(), Outcome::Reset);
     assert_eq!(serial.bytes(), b"OK");
 }
+
+/// A console reader that never reads: every write blocks until the test ends.
+struct NeverReads(std::sync::mpsc::Receiver<()>);
+
+impl Write for NeverReads {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.recv();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_console_nobody_reads_neither_blocks_the_guest_nor_a_stop() {
+    // Real-mode code that writes 'x' to COM1 forever.
+    let flood = [
+        0xba, 0xf8, 0x03, //       mov dx, 0x3f8
+        0xb0, b'x', //             mov al, 'x'
+        0xee, //             loop: out dx, al
+        0xeb, 0xfd, //             jmp loop
+    ];
+    let (held, never) = std::sync::mpsc::channel();
+    let guest =
+        TinyGuest::with_console_output(Mode::Real, &flood, None, Box::new(NeverReads(never)));
+    let vm = kvmkit::run::start(guest.vm, Input::None).unwrap();
+    let handle = vm.handle().clone();
+    let missed = || {
+        handle
+            .counters()
+            .into_iter()
+            .find(|(group, _)| group == "uart")
+            .and_then(|(_, c)| c.into_iter().find(|(k, _)| *k == "missed_write_count"))
+            .map(|(_, n)| n)
+            .unwrap()
+    };
+    // The guest goes on printing past the console's buffer: the bytes it loses are counted.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while missed() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest stopped printing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let before = missed();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(missed() > before, "the vCPU is blocked");
+    // A stop ends the VM although the console's writer is stuck in a write.
+    vm.stop();
+    let (tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(vm.wait());
+    });
+    let outcome = done
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the VM did not stop");
+    assert_eq!(outcome.unwrap(), Outcome::Stopped);
+    drop(held);
+}

@@ -12,6 +12,7 @@ pub mod assist_hook;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod console_buffer;
 pub mod controller;
 pub mod devices;
 pub mod events;

@@ -16,11 +16,16 @@ use virtio::DeviceCounters;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::assist_hook::AssistHook;
+use crate::console_buffer::ConsoleDrain;
 use crate::events::{ConsoleInput, EndOn, EventSource, StopSignalSource, VcpuOutcomes, VmEnd};
 use crate::outcome::Outcome;
 use crate::timeline::Timeline;
 use crate::vcpu::{ExitCounts, ExitHook, VcpuGroup};
 use crate::vm::Vm;
+
+/// How long the end of a VM waits for the guest's last console output to be written: a stalled
+/// reader must not hold up a stop (a stop signal ends kvmkit within a second).
+const CONSOLE_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Errors from running a VM (not from the guest: those are [`Outcome`]s).
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +45,6 @@ pub enum Error {
     /// The event loop has ended, so it takes no more sources.
     #[error("the VM's event loop has ended")]
     Ended,
-    /// Guest RAM could not be registered with KVM.
-    #[error("guest memory: {0}")]
-    Memory(#[source] crate::vm::Error),
 }
 
 impl From<event_manager::Error> for Error {
@@ -110,6 +112,7 @@ pub struct VmHandle {
     power_button: Option<EventFd>,
     exits: Arc<ExitCounts>,
     devices: Vec<(String, Arc<dyn DeviceCounters>)>,
+    console: ConsoleDrain,
     assist: Option<Arc<Assist>>,
     timeline: Arc<Timeline>,
     parts: crate::snapshot::VmParts,
@@ -182,7 +185,13 @@ impl VmHandle {
     /// kind), `assist` (instructions and system calls the assist completed, if it is on) and one
     /// group per virtio device (`block_vda`, `net_eth0`, `entropy_rng0`).
     pub fn counters(&self) -> Vec<(String, Vec<(&'static str, u64)>)> {
-        let mut groups = vec![("vcpu".to_owned(), self.exits.snapshot())];
+        let mut groups = vec![
+            ("vcpu".to_owned(), self.exits.snapshot()),
+            (
+                "uart".to_owned(),
+                vec![("missed_write_count", self.console.dropped())],
+            ),
+        ];
         if let Some(assist) = &self.assist {
             groups.push(("assist".to_owned(), assist.counts().all()));
         }
@@ -260,7 +269,6 @@ pub fn start(vm: Vm, input: Input) -> Result<RunningVm, Error> {
 /// [`start`], with the vCPUs paused from the start if `paused` (a restored VM waiting for its
 /// resume).
 pub fn start_with(mut vm: Vm, input: Input, paused: bool) -> Result<RunningVm, Error> {
-    vm.finish_memory().map_err(Error::Memory)?;
     // A hand-made guest may write LSTAR at once: its vCPUs wait for the trap. A restored guest's
     // or a Linux kernel's start now and read LSTAR once the trap is in (`Vm::trap_may_lag`).
     let trap_pending = if vm.trap_may_lag {
@@ -283,7 +291,6 @@ pub fn start_with(mut vm: Vm, input: Input, paused: bool) -> Result<RunningVm, E
         msr_filter: _,
         msr_filter_ready: _,
         trap_may_lag: _,
-        memory_slots: _,
     } = vm;
     let setup = Error::Setup;
     let end = VmEnd::default();
@@ -354,6 +361,8 @@ pub fn start_with(mut vm: Vm, input: Input, paused: bool) -> Result<RunningVm, E
     // the event-loop thread owns them and drops them only after it has stopped the vCPUs.
     let keep_alive = (kvm, kvm_vm, ram, devices);
     let panicked = legacy.panicked;
+    let console = legacy.console;
+    let loop_console = console.clone();
     let loop_group = group.clone();
     let loop_end = end.clone();
     let events = std::thread::Builder::new()
@@ -362,6 +371,14 @@ pub fn start_with(mut vm: Vm, input: Input, paused: bool) -> Result<RunningVm, E
             let result = event_loop(&mut manager, &loop_end);
             timeline.mark(crate::timeline::Event::GuestShutdown);
             loop_group.stop();
+            // The guest's last words reach the console, unless nobody reads it.
+            if !loop_console.finish(CONSOLE_DRAIN) {
+                log::warn!(
+                    "guest console output not written: its reader is stalled or gone ({} bytes \
+                     dropped in all)",
+                    loop_console.dropped()
+                );
+            }
             drop(manager);
             drop(keep_alive);
             // A reset that follows a kernel panic is the guest crashing, not rebooting.
@@ -381,6 +398,7 @@ pub fn start_with(mut vm: Vm, input: Input, paused: bool) -> Result<RunningVm, E
                 power_button: legacy.power_button,
                 exits,
                 devices: device_counters,
+                console,
                 assist,
                 timeline: handle_timeline,
                 parts,

@@ -18,6 +18,7 @@ use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
 use super::{DeviceManager, Error};
 use crate::console::ConsoleOutput;
+use crate::console_buffer::{self, ConsoleDrain};
 use crate::timeline::{Event, Timeline};
 
 /// What the rest of the VMM needs of the legacy devices.
@@ -37,6 +38,8 @@ pub struct Legacy {
     pub power_button: Option<EventFd>,
     /// Set once the guest's console shows a kernel panic.
     pub panicked: Arc<AtomicBool>,
+    /// The console's buffer: bytes dropped, and the last drain when the VM ends.
+    pub console: ConsoleDrain,
 }
 
 fn eventfd() -> Result<EventFd, Error> {
@@ -48,7 +51,8 @@ fn ports(r: PortRange) -> (u16, u8) {
 }
 
 /// Places the legacy devices; the UART writes guest output to `console` (watched for the timeline
-/// and for kernel panics).
+/// and for kernel panics) through a buffer and a thread of its own: a stalled reader of `console`
+/// never blocks a vCPU (see [`console_buffer`]).
 pub fn place(
     dm: &mut DeviceManager,
     vm: &accel::Vm,
@@ -58,7 +62,8 @@ pub fn place(
     let panicked = Arc::new(AtomicBool::new(false));
     let serial_irq = eventfd()?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)?;
-    let out = ConsoleOutput::new(console, panicked.clone(), timeline.clone());
+    let (buffered, drain) = console_buffer::spawn(console).map_err(Error::Thread)?;
+    let out = ConsoleOutput::new(Box::new(buffered), panicked.clone(), timeline.clone());
     let serial = Arc::new(Mutex::new(Serial::new(serial_irq, Box::new(out))));
     dm.add_port(
         serial.clone(),
@@ -130,5 +135,6 @@ pub fn place(
         rtc,
         power_button,
         panicked,
+        console: drain,
     })
 }

@@ -44,6 +44,9 @@ pub enum Error {
     /// An eventfd could not be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    /// A device thread (the console's writer) could not be started.
+    #[error("cannot start a device thread: {0}")]
+    Thread(#[source] std::io::Error),
     /// A virtio transport could not be created.
     #[error(transparent)]
     Virtio(#[from] ::virtio::mmio::Error),
