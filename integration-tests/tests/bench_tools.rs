@@ -137,7 +137,7 @@ fn tools_bench_snapshot_and_bench_start_print_tables() {
     let context = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{context}");
     let table = rows(&stdout, "| cold boot, ");
-    assert_eq!(table.len(), 2, "{context}");
+    assert_eq!(table.len(), 3, "{context}");
     for row in table.iter().chain(&rows(&stdout, "| restore, ")) {
         let median: f64 = row[2]
             .parse()

@@ -6,7 +6,7 @@
 //! `--boot-timeline` prints them as a table on stderr, `--boot-timeline json` as one JSON object.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A point in a VM's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -66,6 +66,9 @@ impl Event {
 #[derive(Debug)]
 pub struct Timeline {
     start: Instant,
+    /// The wall-clock time of t = 0, so that a tool that started kvmkit can add what came before
+    /// `main` (its fork and exec, the dynamic loader).
+    start_wall: SystemTime,
     marks: Mutex<Vec<(Event, Duration)>>,
     /// Instruction assists by kind (`None`: the assist was off).
     assists: Mutex<Option<Vec<(&'static str, u64)>>>,
@@ -82,6 +85,7 @@ impl Timeline {
     pub fn new() -> Self {
         Self {
             start: Instant::now(),
+            start_wall: SystemTime::now(),
             marks: Mutex::new(vec![(Event::ProcessStart, Duration::ZERO)]),
             assists: Mutex::new(None),
         }
@@ -162,7 +166,8 @@ impl Timeline {
     }
 
     /// One JSON object: `{"process_start_ms": 0.0, "memory_ready_ms": 12.3, ...}` with the events that
-    /// happened, in time order, then `"assists": {"int3": 1, ...}` when the instruction assist was on.
+    /// happened, in time order, then `"assists": {"int3": 1, ...}` when the instruction assist was on,
+    /// and `"process_start_unix_ns"`: t = 0 on the wall clock.
     pub fn json(&self) -> String {
         let mut fields: Vec<String> = self
             .sorted()
@@ -175,6 +180,9 @@ impl Timeline {
                 .map(|(k, n)| format!("\"{k}\": {n}"))
                 .collect();
             fields.push(format!("\"assists\": {{{}}}", counts.join(", ")));
+        }
+        if let Ok(since) = self.start_wall.duration_since(SystemTime::UNIX_EPOCH) {
+            fields.push(format!("\"process_start_unix_ns\": {}", since.as_nanos()));
         }
         format!("{{{}}}", fields.join(", "))
     }
@@ -234,10 +242,21 @@ mod tests {
         );
         assert!(
             t.json()
-                .ends_with(", \"assists\": {\"int3\": 1, \"fwait\": 2}}")
+                .contains(", \"assists\": {\"int3\": 1, \"fwait\": 2}, ")
         );
         t.set_assists(Vec::new());
         assert!(t.table().contains("instruction assists: none"));
-        assert!(t.json().ends_with("\"assists\": {}}"));
+        assert!(t.json().contains("\"assists\": {}, "));
+    }
+
+    #[test]
+    fn the_json_says_when_t0_was_on_the_wall_clock() {
+        let before = SystemTime::now();
+        let t = Timeline::new();
+        let after = SystemTime::now();
+        let v: serde_json::Value = serde_json::from_str(&t.json()).unwrap();
+        let ns = |s: SystemTime| s.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos();
+        let start = u128::from(v["process_start_unix_ns"].as_u64().unwrap());
+        assert!(ns(before) <= start && start <= ns(after), "{v}");
     }
 }

@@ -56,8 +56,6 @@ pub struct Vm {
     /// (its LSTAR is known) or a Linux kernel (which runs for a long while, exiting often, before
     /// it writes LSTAR). A hand-made guest may write LSTAR at once: its vCPUs wait.
     pub(crate) trap_may_lag: bool,
-    /// The thread registering guest RAM with KVM, until it is joined.
-    pub(crate) memory_slots: Option<std::thread::JoinHandle<accel::Result<()>>>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -71,8 +69,7 @@ impl std::fmt::Debug for Vm {
 }
 
 impl Vm {
-    /// Creates the VM: opens KVM, creates the in-kernel irqchip and PIT, maps and registers RAM (on
-    /// a thread of its own: [`Vm::finish_memory`] waits for it), puts
+    /// Creates the VM: opens KVM, maps and registers RAM, creates the in-kernel irqchip and PIT, puts
     /// the legacy devices on the port bus (the UART writing guest output to `serial_out`) and the
     /// virtio devices of `devices` on the MMIO bus, and creates the vCPUs (not yet configured).
     pub fn new(
@@ -98,6 +95,12 @@ impl Vm {
     ) -> Result<Self, Error> {
         let kvm = Arc::new(Kvm::new()?);
         let vm = Arc::new(kvm.create_vm()?);
+        // RAM is registered first, before anything else touches the VM. KVM_CREATE_IRQCHIP (its
+        // I/O bus devices) and the MSR filter leave an SRCU grace period pending inside KVM, and a
+        // memory slot registered after them waits for it: 3-12 ms on this host against 0.2 ms
+        // for a slot registered first (docs/architecture.md, "Starting fast").
+        vm.add_guest_memory(ram.memory(), machine.track_dirty_pages)?;
+        timeline.mark(Event::MemoryReady);
         let software_kvm = kvm.is_software_backend();
         let assist_on = machine.instruction_assist.enabled(software_kvm);
         // The system call bridge (docs/software-kvm.md) learns the SYSCALL entry point from the guest's
@@ -123,20 +126,6 @@ impl Vm {
         } else {
             None
         };
-        // Registering RAM waits for a grace period inside KVM (1-12 ms here, whatever the
-        // size): a thread of its own does it while the devices are made and the kernel loaded.
-        let memory_slots = {
-            let (vm, memory, log) = (vm.clone(), ram.memory().clone(), machine.track_dirty_pages);
-            let timeline = timeline.clone();
-            std::thread::Builder::new()
-                .name("kvmkit-memslots".into())
-                .spawn(move || {
-                    let done = vm.add_guest_memory(&memory, log);
-                    timeline.mark(Event::MemoryReady);
-                    done
-                })
-                .map_err(|e| Error::Thread(e.to_string()))?
-        };
         vm.create_irqchip(IrqChip::Full)?;
         vm.create_pit()?;
 
@@ -161,18 +150,7 @@ impl Vm {
             msr_filter,
             msr_filter_ready,
             trap_may_lag: false,
-            memory_slots: Some(memory_slots),
         })
-    }
-
-    /// Waits until guest RAM is registered with KVM (before any vCPU runs, and before state that
-    /// may refer to guest memory is restored). Later calls return at once.
-    pub fn finish_memory(&mut self) -> Result<(), Error> {
-        match self.memory_slots.take().map(std::thread::JoinHandle::join) {
-            None | Some(Ok(Ok(()))) => Ok(()),
-            Some(Ok(Err(e))) => Err(Error::Accel(e)),
-            Some(Err(_)) => Err(Error::Thread("the memory-slot thread panicked".into())),
-        }
     }
 
     /// Waits for the MSR filter being installed in the background (before any vCPU runs).
@@ -210,10 +188,6 @@ impl Vm {
         state: &crate::snapshot::SnapshotState,
     ) -> Result<(), crate::snapshot::Error> {
         use crate::snapshot::Error as E;
-        self.finish_memory().map_err(|e| match e {
-            Error::Accel(e) => E::Kvm(e),
-            other => E::Setup(other.to_string()),
-        })?;
         if state.vcpus.len() != self.vcpus.len() {
             return Err(E::Mismatch(format!(
                 "{} vCPUs in the snapshot, {} created",
@@ -257,7 +231,6 @@ impl Vm {
             ..*spec
         };
         let boot = machine::load(&self.ram, &spec, &platform)?;
-        self.finish_memory()?;
         self.trap_may_lag = true;
         for vcpu in &self.vcpus {
             let bsp = (vcpu.id() == 0).then_some(&boot);
