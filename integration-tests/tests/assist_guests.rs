@@ -278,3 +278,26 @@ fn ldmxcsr_and_stmxcsr_round_trip_and_reserved_bits_fault() {
         assert_eq!(counts, vec![("ldmxcsr", 2), ("stmxcsr", 1)]);
     }
 }
+
+#[test]
+fn a_non_canonical_lstar_write_is_a_general_protection_fault() {
+    // On a software backend kvmkit traps LSTAR writes (the system call bridge); a value no CPU
+    // would take must give the guest #GP, as the CPU does, not end the VM.
+    let mut code = vec![
+        0xb9, 0x82, 0x00, 0x00, 0xc0, // mov ecx, 0xc0000082 (LSTAR)
+        0xb8, 0x00, 0x00, 0x00, 0x81, // mov eax, 0x81000000
+        0xba, 0xff, 0xff, 0xff, 0xff, // mov edx, 0xffffffff
+        0x0f, 0x30, //                   wrmsr: 0xffffffff81000000, canonical
+    ];
+    code.extend(print(b'W'));
+    code.extend([
+        0x31, 0xc0, //                   xor eax, eax
+        0xba, 0x00, 0x00, 0x00, 0x80, // mov edx, 0x80000000
+        0x0f, 0x30, //                   wrmsr: 0x8000000000000000, not canonical
+    ]);
+    code.extend(print(b'N'));
+    let gp = [print(b'G'), RESET.to_vec()].concat();
+    let (outcome, out, _) = run(guest(&code, &[(13, gp)], AssistMode::Auto));
+    assert_eq!(out, "WG");
+    assert_eq!(outcome, Outcome::Reset);
+}

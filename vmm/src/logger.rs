@@ -2,21 +2,25 @@
 //!
 //! The level comes from `--log-level`, else `KVMKIT_LOG` (`error`, `warn` (the default), `info`,
 //! `debug`, `trace`, `off`); the API's `PUT /logger` can change it and send the lines to a file
-//! ([`configure`]). A guest can provoke a warning per request it sends: after [`BURST`] lines only
-//! every [`THINNING`]th is printed, so a hostile guest cannot flood the host's logs.
+//! ([`configure`]). A guest can provoke a warning per request it sends, so lines are limited per
+//! cause (the line of code that logs them) and per time window: each cause prints at most
+//! [`PER_WINDOW`] lines per [`WINDOW`], and its next line after a quiet spell says how many were
+//! left out. One noisy cause never hides another, and errors are always printed.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
-/// Lines printed before thinning starts.
-pub const BURST: u64 = 200;
-/// After the burst, one line in this many is printed.
-pub const THINNING: u64 = 1000;
+/// The most lines one cause prints per [`WINDOW`] (errors are not limited).
+pub const PER_WINDOW: u32 = 20;
+/// The time window of [`PER_WINDOW`].
+pub const WINDOW: Duration = Duration::from_secs(10);
 
 /// Errors from configuring the logger.
 #[derive(Debug, thiserror::Error)]
@@ -35,15 +39,76 @@ pub enum Error {
     },
 }
 
+/// Where a line comes from: the source file and line of the `log!` call.
+type Cause = (&'static str, u32);
+
+/// One cause's current window.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Instant,
+    printed: u32,
+    left_out: u64,
+}
+
+/// What to do with one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Print it; `left_out` lines of its cause were not printed before it; `last` if it is the
+    /// last its cause prints in this window.
+    Print { left_out: u64, last: bool },
+    /// Leave it out (counted).
+    LeaveOut,
+}
+
+/// The per-cause, per-window limit.
+#[derive(Debug, Default)]
+struct Limiter {
+    causes: HashMap<Cause, Window>,
+}
+
+impl Limiter {
+    fn judge(&mut self, cause: Cause, level: Level, now: Instant) -> Verdict {
+        if level == Level::Error {
+            return Verdict::Print {
+                left_out: 0,
+                last: false,
+            };
+        }
+        let w = self.causes.entry(cause).or_insert(Window {
+            start: now,
+            printed: 0,
+            left_out: 0,
+        });
+        let mut left_out = 0;
+        if now.duration_since(w.start) >= WINDOW {
+            left_out = w.left_out;
+            *w = Window {
+                start: now,
+                printed: 0,
+                left_out: 0,
+            };
+        }
+        if w.printed >= PER_WINDOW {
+            w.left_out += 1;
+            return Verdict::LeaveOut;
+        }
+        w.printed += 1;
+        Verdict::Print {
+            left_out,
+            last: w.printed == PER_WINDOW,
+        }
+    }
+}
+
 struct KvmkitLogger {
-    lines: AtomicU64,
+    limiter: LazyLock<Mutex<Limiter>>,
     show_level: AtomicBool,
     show_origin: AtomicBool,
     file: Mutex<Option<File>>,
 }
 
 static LOGGER: KvmkitLogger = KvmkitLogger {
-    lines: AtomicU64::new(0),
+    limiter: LazyLock::new(Mutex::default),
     show_level: AtomicBool::new(true),
     show_origin: AtomicBool::new(false),
     file: Mutex::new(None),
@@ -72,10 +137,21 @@ impl Log for KvmkitLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let n = self.lines.fetch_add(1, Ordering::Relaxed);
-        if n >= BURST && !(n - BURST).is_multiple_of(THINNING) {
+        let cause = (
+            record
+                .file_static()
+                .or(record.module_path_static())
+                .unwrap_or("?"),
+            record.line().unwrap_or(0),
+        );
+        let verdict = self
+            .limiter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .judge(cause, record.level(), Instant::now());
+        let Verdict::Print { left_out, last } = verdict else {
             return;
-        }
+        };
         let mut line = String::from("kvmkit: ");
         if self.show_level.load(Ordering::Relaxed) {
             line.push_str(match record.level() {
@@ -92,12 +168,16 @@ impl Log for KvmkitLogger {
             line.push_str(&format!("{file}:{at}: "));
         }
         line.push_str(&record.args().to_string());
-        self.write_line(&line);
-        if n == BURST {
-            self.write_line(&format!(
-                "kvmkit: too many log lines: printing one in {THINNING} from now on"
+        if left_out > 0 {
+            line.push_str(&format!(" ({left_out} more like this were left out)"));
+        }
+        if last {
+            line.push_str(&format!(
+                " (more like this are left out for up to {} s)",
+                WINDOW.as_secs()
             ));
         }
+        self.write_line(&line);
     }
 
     fn flush(&self) {
@@ -181,4 +261,47 @@ pub fn configure(settings: &Settings<'_>) -> Result<(), Error> {
         LOGGER.show_origin.store(show, Ordering::Relaxed);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOISY: Cause = ("virtio-devices/src/block/handler.rs", 120);
+    const OTHER: Cause = ("vmm/src/run.rs", 300);
+
+    fn printed(v: Verdict) -> bool {
+        matches!(v, Verdict::Print { .. })
+    }
+
+    #[test]
+    fn a_noisy_cause_is_limited_per_window_and_says_what_it_left_out() {
+        let mut l = Limiter::default();
+        let t0 = Instant::now();
+        let verdicts: Vec<Verdict> = (0..1000).map(|_| l.judge(NOISY, Level::Warn, t0)).collect();
+        assert_eq!(verdicts.iter().filter(|v| printed(**v)).count(), 20);
+        assert_eq!(
+            verdicts[19],
+            Verdict::Print {
+                left_out: 0,
+                last: true
+            }
+        );
+        // Another cause is not hidden by the noisy one, nor are errors from it.
+        assert!(printed(l.judge(OTHER, Level::Warn, t0)));
+        assert!(printed(l.judge(NOISY, Level::Error, t0)));
+        // Still inside the window: left out.
+        assert_eq!(
+            l.judge(NOISY, Level::Warn, t0 + WINDOW - Duration::from_millis(1)),
+            Verdict::LeaveOut
+        );
+        // The next window prints again, counting what was left out.
+        assert_eq!(
+            l.judge(NOISY, Level::Warn, t0 + WINDOW),
+            Verdict::Print {
+                left_out: 981,
+                last: false
+            }
+        );
+    }
 }

@@ -150,8 +150,13 @@ pub fn run_loop(
                 ExitCounts::add(&counts.internal_error);
                 Next::Hook(Unhandled::InternalError)
             }
-            Ok(VcpuExit::WriteMsr { index, data, .. }) => {
+            Ok(VcpuExit::WriteMsr { index, data, error }) => {
                 ExitCounts::add(&counts.msr_write);
+                if accel::x86::msr::write_faults(index, data) {
+                    // What the CPU does with the value: #GP, the write not done.
+                    *error = 1;
+                    continue;
+                }
                 Next::Hook(Unhandled::WriteMsr { index, data })
             }
             Ok(VcpuExit::Debug { pc, .. }) => {

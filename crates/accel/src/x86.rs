@@ -47,6 +47,8 @@ pub mod rflags {
     pub const ZF: u64 = 1 << 6;
     /// Sign.
     pub const SF: u64 = 1 << 7;
+    /// Interrupt enable.
+    pub const IF: u64 = 1 << 9;
     /// Overflow.
     pub const OF: u64 = 1 << 11;
     /// Resume: suppresses instruction breakpoints for one instruction.
@@ -97,4 +99,42 @@ pub mod msr {
     pub const SYSCALL_MASK: u32 = 0xc000_0084;
     /// The GS base SWAPGS exchanges with.
     pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
+
+    /// True if a CPU refuses writing `value` to MSR `index` with #GP: a non-canonical address
+    /// (48-bit) in an MSR that holds one. MSRs not listed here are left to KVM.
+    pub fn write_faults(index: u32, value: u64) -> bool {
+        let holds_address = matches!(
+            index,
+            IA32_SYSENTER_ESP | IA32_SYSENTER_EIP | LSTAR | CSTAR | KERNEL_GS_BASE
+        );
+        holds_address && !super::is_canonical(value)
+    }
+}
+
+/// True if `address` is canonical for 48-bit linear addresses: bits 63:47 all equal.
+pub fn is_canonical(address: u64) -> bool {
+    let top = address >> 47;
+    top == 0 || top == (1 << 17) - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_addresses_and_msr_writes_that_fault() {
+        for a in [0, 0x7fff_ffff_ffff, 0xffff_8000_0000_0000, u64::MAX] {
+            assert!(is_canonical(a), "{a:#x}");
+        }
+        for a in [
+            0x8000_0000_0000,
+            0x8000_0000_0000_0000,
+            0x7fff_8000_0000_0000,
+        ] {
+            assert!(!is_canonical(a), "{a:#x}");
+        }
+        assert!(msr::write_faults(msr::LSTAR, 1 << 63));
+        assert!(!msr::write_faults(msr::LSTAR, 0xffff_ffff_8100_0000));
+        assert!(!msr::write_faults(msr::STAR, 1 << 63), "not an address");
+    }
 }

@@ -15,8 +15,12 @@
 //! 3. when a vCPU stops there, reads the exception frame: a user-mode instruction fetch fault at the
 //!    SYSCALL entry point, with CR2 equal to it, is a SYSCALL the backend left in ring 3. kvmkit then
 //!    finishes the SYSCALL instead of the fault: RSP back to the user stack, RIP at the entry, CS and
-//!    SS from STAR's kernel selectors, RFLAGS masked by SFMASK, and RCX/R11 as the backend left them.
-//!    Any other page fault goes on to the handler unchanged. The backend ignores RFLAGS.RF, so to let
+//!    SS from STAR's kernel selectors, RFLAGS masked by SFMASK, and RCX/R11 as the backend saved them.
+//!    A ring-3 `jmp` to the entry point faults the same way, with RCX and R11 of user mode's choosing
+//!    (R11 with IOPL 3 would reach user mode through SYSRET): only a fault whose saved RFLAGS has IF
+//!    clear, which user mode cannot do and the backend's SYSCALL does (SFMASK), with RCX right after
+//!    a SYSCALL instruction in user memory, is finished. Any other page fault goes on to the
+//!    handler unchanged. The backend ignores RFLAGS.RF, so to let
 //!    the handler's first instruction run the breakpoint moves to its second instruction and, once
 //!    there, back.
 //!
@@ -128,13 +132,21 @@ impl SyscallBridge {
                 if cs & 3 == 3
                     && Some(rip) == self.entry
                     && sregs.cr2 == rip
-                    && error & pf_error::INSTRUCTION_FETCH != 0 =>
+                    && error & pf_error::INSTRUCTION_FETCH != 0
+                    && follows_syscall(cpu, assist.memory(), regs.rcx) =>
             {
                 let star = cpu.msr(msr::STAR)?;
                 let sfmask = cpu.msr(msr::SYSCALL_MASK)?;
+                // Only the backend's SYSCALL leaves ring 3 with IF clear (SFMASK cleared it; user
+                // mode cannot): a jump to the entry point faults with user mode's own flags, and
+                // its RCX and R11, which SYSRET would restore, are user mode's choice. It gets the
+                // page fault. For a real SYSCALL, RCX and R11 are the ones the backend saved.
+                if sfmask & rflags::IF == 0 || rflags & rflags::IF != 0 {
+                    return self.pass(assist, cpu, pc);
+                }
                 let selector = ((star >> 32) & 0xfffc) as u16;
                 sregs.cs = crate::mode::flat_segment(selector, true);
-                sregs.ss = crate::mode::flat_segment(selector + 8, false);
+                sregs.ss = crate::mode::flat_segment(selector.wrapping_add(8), false);
                 regs.rsp = rsp;
                 regs.rip = rip;
                 // The frame's RF belongs to the fault, not to the SYSCALL.
@@ -144,23 +156,51 @@ impl SyscallBridge {
                 assist.counts().add(Kind::Syscall);
                 Ok(Entry::Finished)
             }
-            _ => {
-                // Let the handler run: move the breakpoint to its second instruction, and back
-                // once there (the backend ignores RFLAGS.RF, so the breakpoint cannot stay put).
-                match next_instruction(cpu, assist.memory(), pc) {
-                    Some(next) => {
-                        cpu.set_hw_breakpoint(Some(next))?;
-                        self.rearm_at = Some(next);
-                    }
-                    None => {
-                        cpu.set_hw_breakpoint(None)?;
-                        self.watch = None;
-                    }
-                }
-                Ok(Entry::Passed)
-            }
+            _ => self.pass(assist, cpu, pc),
         }
     }
+}
+
+impl SyscallBridge {
+    /// Lets the #PF handler at `pc` run: moves the breakpoint to its second instruction, and back
+    /// once there (the backend ignores RFLAGS.RF, so the breakpoint cannot stay put).
+    fn pass(
+        &mut self,
+        assist: &Assist,
+        cpu: &impl GuestCpu,
+        pc: u64,
+    ) -> Result<Entry, SyscallError> {
+        match next_instruction(cpu, assist.memory(), pc) {
+            Some(next) => {
+                cpu.set_hw_breakpoint(Some(next))?;
+                self.rearm_at = Some(next);
+            }
+            None => {
+                cpu.set_hw_breakpoint(None)?;
+                self.watch = None;
+            }
+        }
+        Ok(Entry::Passed)
+    }
+}
+
+/// The encoding of SYSCALL.
+const SYSCALL: [u8; 2] = [0x0f, 0x05];
+/// The first address above the lower (user) half of a 48-bit address space.
+const USER_END: u64 = 1 << 47;
+
+/// True if `rcx` is where a SYSCALL leaves it: a user-half address right after a SYSCALL
+/// instruction. A ring-3 jump to the entry point (which faults the same way) with any other RCX
+/// is not a system call, and gets the page fault a CPU would give it.
+fn follows_syscall(cpu: &impl GuestCpu, memory: &GuestMemoryMmap, rcx: u64) -> bool {
+    let Some(at) = rcx
+        .checked_sub(SYSCALL.len() as u64)
+        .filter(|_| rcx < USER_END)
+    else {
+        return false;
+    };
+    let mut bytes = [0u8; 2];
+    matches!(read_linear(cpu, memory, at, &mut bytes), (2, None)) && bytes == SYSCALL
 }
 
 /// The address of the instruction after the one at `pc`, if that one always falls through to it.

@@ -406,10 +406,19 @@ mod syscall_bridge {
         (cpu, assist, bridge)
     }
 
-    /// Puts the vCPU where the CPU leaves it on entering the #PF handler from ring 3: the frame on the
-    /// kernel stack, CR2, and RIP at the handler.
+    /// Where the user program's SYSCALL instruction is.
+    const USER_SYSCALL: u64 = 0x7000;
+
+    /// Puts the vCPU where the backend leaves it on entering the #PF handler from ring 3 after a
+    /// SYSCALL it did not finish: the frame on the kernel stack (its RFLAGS with IF cleared by
+    /// SFMASK), CR2, RIP at the handler, RCX after the SYSCALL at [`USER_SYSCALL`] and R11 the user
+    /// RFLAGS (as seen on kvm_pvm: frame RFLAGS 0x10002, R11 0x246).
     fn page_fault_from_user(cpu: &FakeCpu, assist: &Assist, rip: u64, cr2: u64, error: u64) {
-        let frame = [error, rip, 0x33, 0x10202, 0x7ff0, 0x2b];
+        assist
+            .memory
+            .write_slice(&[0x0f, 0x05, 0x90], GuestAddress(USER_SYSCALL))
+            .unwrap();
+        let frame = [error, rip, 0x33, 0x10002, 0x7ff0, 0x2b];
         for (i, word) in frame.iter().enumerate() {
             assist
                 .memory
@@ -420,7 +429,8 @@ mod syscall_bridge {
         r.rip = HANDLER;
         r.rsp = KERNEL_STACK;
         r.rflags = 2;
-        r.rcx = 0x40_1234; // SYSCALL's return address, as the backend left it
+        r.rcx = USER_SYSCALL + 2; // SYSCALL's return address, as the backend left it
+        r.r11 = 0x246;
         cpu.sregs.borrow_mut().cr2 = cr2;
     }
 
@@ -452,12 +462,63 @@ mod syscall_bridge {
             Entry::Finished
         );
         let (r, s) = (*cpu.regs.borrow(), *cpu.sregs.borrow());
-        assert_eq!((r.rip, r.rsp, r.rcx), (ENTRY, 0x7ff0, 0x40_1234));
+        assert_eq!((r.rip, r.rsp, r.rcx), (ENTRY, 0x7ff0, USER_SYSCALL + 2));
         assert_eq!(r.rflags, 0x2, "IF, TF, DF, AC... masked by SFMASK");
+        assert_eq!(r.r11, 0x246, "R11 as the backend saved it");
         assert_eq!((s.cs.selector, s.cs.dpl, s.cs.l), (0x10, 0, 1));
         assert_eq!((s.ss.selector, s.ss.dpl), (0x18, 0));
         assert_eq!(assist.counts().get(Kind::Syscall), 1);
         assert_eq!(*cpu.breakpoint.borrow(), Some(HANDLER), "still armed");
+    }
+
+    #[test]
+    fn a_jump_to_the_entry_point_is_a_page_fault_not_a_system_call() {
+        // A ring-3 `jmp` to the entry point faults like a SYSCALL left in ring 3, but with user
+        // mode's own RFLAGS in the frame (IF set), and RCX and R11 of its choosing (IOPL 3 in R11
+        // would reach user mode through SYSRET).
+        let (cpu, assist, mut bridge) = armed(&[0x90, 0xfc]);
+        page_fault_from_user(&cpu, &assist, ENTRY, ENTRY, 0x15);
+        assist
+            .memory
+            .write_obj(0x10246u64, GuestAddress(KERNEL_STACK + 3 * 8))
+            .unwrap();
+        cpu.regs.borrow_mut().r11 = 0x3202;
+        assert_eq!(
+            bridge.breakpoint(&assist, &cpu, HANDLER).unwrap(),
+            Entry::Passed
+        );
+        let r = *cpu.regs.borrow();
+        assert_eq!(
+            (r.rip, r.r11),
+            (HANDLER, 0x3202),
+            "the fault goes to the guest"
+        );
+        // A kernel whose SFMASK keeps IF cannot tell the two apart: no system call is finished.
+        let (cpu, assist, mut bridge) = armed(&[0x90, 0xfc]);
+        cpu.set_msr(msr::SYSCALL_MASK, 0x47500).unwrap();
+        page_fault_from_user(&cpu, &assist, ENTRY, ENTRY, 0x15);
+        assert_eq!(
+            bridge.breakpoint(&assist, &cpu, HANDLER).unwrap(),
+            Entry::Passed
+        );
+        assert_eq!(assist.counts().get(Kind::Syscall), 0);
+    }
+
+    #[test]
+    fn a_fault_whose_rcx_follows_no_syscall_is_passed_on() {
+        // RCX after other bytes, in the kernel half, on an unmapped page, or below 2.
+        for rcx in [USER_SYSCALL + 3, 0xffff_8000_0000_7002, 0x8002, 1] {
+            let (cpu, assist, mut bridge) = armed(&[0x90, 0xfc]);
+            page_fault_from_user(&cpu, &assist, ENTRY, ENTRY, 0x15);
+            cpu.regs.borrow_mut().rcx = rcx;
+            assert_eq!(
+                bridge.breakpoint(&assist, &cpu, HANDLER).unwrap(),
+                Entry::Passed,
+                "RCX {rcx:#x}"
+            );
+            assert_eq!(cpu.regs.borrow().rip, HANDLER);
+            assert_eq!(assist.counts().get(Kind::Syscall), 0);
+        }
     }
 
     #[test]
