@@ -13,16 +13,24 @@ pub mod cr0 {
     pub const TS: u64 = 1 << 3;
     /// Extension type (always 1 on modern CPUs).
     pub const ET: u64 = 1 << 4;
+    /// Write protect: supervisor writes honour read-only pages.
+    pub const WP: u64 = 1 << 16;
     /// Paging.
     pub const PG: u64 = 1 << 31;
 }
 
 /// CR4 bits.
 pub mod cr4 {
+    /// Page size extension: 4 MiB pages in 32-bit paging.
+    pub const PSE: u64 = 1 << 4;
     /// Physical address extension (required for long mode).
     pub const PAE: u64 = 1 << 5;
     /// The OS supports FXSAVE/FXRSTOR and SSE.
     pub const OSFXSR: u64 = 1 << 9;
+    /// 5-level paging (57-bit linear addresses).
+    pub const LA57: u64 = 1 << 12;
+    /// Supervisor-mode execution prevention.
+    pub const SMEP: u64 = 1 << 20;
     /// Supervisor-mode access prevention (what CLAC/STAC control).
     pub const SMAP: u64 = 1 << 21;
 }
@@ -33,6 +41,8 @@ pub mod efer {
     pub const LME: u64 = 1 << 8;
     /// Long mode active.
     pub const LMA: u64 = 1 << 10;
+    /// No-execute enable: the XD bit of page-table entries is honoured.
+    pub const NXE: u64 = 1 << 11;
 }
 
 /// RFLAGS bits.
@@ -67,6 +77,8 @@ pub mod vector {
     pub const UD: u8 = 6;
     /// #NM, device not available.
     pub const NM: u8 = 7;
+    /// #SS, stack-segment fault.
+    pub const SS: u8 = 12;
     /// #GP, general protection.
     pub const GP: u8 = 13;
     /// #PF, page fault.
@@ -75,6 +87,12 @@ pub mod vector {
 
 /// The page-fault error code's bits.
 pub mod pf_error {
+    /// The page was present: the fault is a protection violation.
+    pub const PRESENT: u64 = 1;
+    /// The access was a write.
+    pub const WRITE: u64 = 1 << 1;
+    /// The access was made in user mode (CPL 3).
+    pub const USER: u64 = 1 << 2;
     /// The fault was an instruction fetch.
     pub const INSTRUCTION_FETCH: u64 = 1 << 4;
 }

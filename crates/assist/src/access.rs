@@ -3,7 +3,7 @@
 
 use iced_x86::{Decoder, DecoderOptions, Instruction};
 use memory::GuestMemoryMmap;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::cpu::GuestCpu;
 
@@ -86,32 +86,6 @@ pub fn fetch_instruction(
         failed,
         instr,
     }
-}
-
-/// Writes `data` at linear address `linear`. Every page is translated before any byte is written, so
-/// a write that would fault changes nothing.
-pub fn write_linear(
-    cpu: &impl GuestCpu,
-    memory: &GuestMemoryMmap,
-    linear: u64,
-    data: &[u8],
-) -> Result<(), AccessError> {
-    let mut pages = Vec::new();
-    if let (_, Some(e)) = by_page(cpu, linear, data.len(), |done, physical, n| {
-        pages.push((done, physical, n));
-        GuestMemoryBackend::check_range(memory, GuestAddress(physical), n)
-    }) {
-        return Err(e);
-    }
-    for (done, physical, n) in pages {
-        memory
-            .write_slice(&data[done..done + n], GuestAddress(physical))
-            .map_err(|_| AccessError::NotRam {
-                linear: linear.wrapping_add(done as u64),
-                physical,
-            })?;
-    }
-    Ok(())
 }
 
 /// Walks `len` bytes from `linear` page by page, calling `each(offset, physical, bytes)` for each

@@ -7,10 +7,10 @@ use iced_x86::{Code, Formatter, Instruction, IntelFormatter, Mnemonic, OpKind};
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use memory::GuestMemoryMmap;
 
-use crate::access::{read_linear, write_linear};
 use crate::counts::Kind;
 use crate::cpu::GuestCpu;
 use crate::mode::{Mode, long_mode};
+use crate::paging::{self, Access, Fault};
 use crate::{Error, Resolution, registers};
 
 /// The MXCSR bits a CPU with DAZ accepts (MXCSR_MASK); setting any other bit is #GP(0).
@@ -78,32 +78,64 @@ impl<C: GuestCpu> At<'_, C> {
         }
     }
 
-    /// Reads the instruction's memory operand `size` bytes wide; `Err` with the linear address that
-    /// is not mapped.
-    fn read_memory_operand(&self, operand: u32, size: usize) -> Result<u64, u64> {
-        let mut buf = [0u8; 8];
-        let linear = self.operand_address(operand);
-        match read_linear(self.cpu, self.memory, linear, &mut buf[..size]) {
-            (_, None) => Ok(u64::from_le_bytes(buf)),
-            (_, Some(e)) => Err(e.linear()),
+    /// The access to the instruction's memory operand, from the instruction's privilege level.
+    fn access(&self, write: bool) -> Access {
+        Access {
+            write,
+            user: self.mode.cpl == 3,
         }
     }
 
-    /// Writes `data` to the instruction's memory operand `operand`; `Err` with the linear address
-    /// that is not mapped (nothing is written then).
-    fn write_memory_operand(&self, operand: u32, data: &[u8]) -> Result<(), u64> {
+    /// Reads the instruction's memory operand `size` bytes wide, as the CPU would (page
+    /// permissions, SMAP, canonical addresses); `Err` with the fault.
+    fn read_memory_operand(&self, operand: u32, size: usize) -> Result<u64, Fault> {
+        let mut buf = [0u8; 8];
         let linear = self.operand_address(operand);
-        write_linear(self.cpu, self.memory, linear, data).map_err(|e| e.linear())
+        paging::read(
+            self.memory,
+            &self.sregs,
+            self.regs.rflags,
+            linear,
+            &mut buf[..size],
+            self.access(false),
+        )?;
+        Ok(u64::from_le_bytes(buf))
     }
 
-    /// Raises the page fault an access to `linear` takes (not present; W for a write, U from CPL 3).
-    fn page_fault(self, kind: Kind, linear: u64, write: bool) -> Result<Resolution, Error> {
+    /// Writes `data` to the instruction's memory operand `operand`, as the CPU would; `Err` with
+    /// the fault (nothing is written then).
+    fn write_memory_operand(&self, operand: u32, data: &[u8]) -> Result<(), Fault> {
+        let linear = self.operand_address(operand);
+        paging::write(
+            self.memory,
+            &self.sregs,
+            self.regs.rflags,
+            linear,
+            data,
+            self.access(true),
+        )
+    }
+
+    /// Raises what `fault` is on a CPU: #PF with CR2 and the error code, #GP(0) (#SS(0) for a
+    /// stack reference) for a non-canonical address. An operand outside guest RAM is a #PF too
+    /// (not present): the assist cannot reach device memory.
+    fn memory_fault(self, kind: Kind, fault: Fault, write: bool) -> Result<Resolution, Error> {
+        let (linear, error) = match fault {
+            Fault::Page { linear, error } => (linear, error),
+            Fault::NotRam { linear, .. } => {
+                let user = if self.mode.cpl == 3 { 1 << 2 } else { 0 };
+                (linear, user | if write { 1 << 1 } else { 0 })
+            }
+            Fault::NonCanonical => {
+                let stack = self.instr.memory_segment() == iced_x86::Register::SS;
+                let vector = if stack { vector::SS } else { vector::GP };
+                return self.fault(kind, vector, Some(0));
+            }
+        };
         let mut sregs = self.sregs;
         sregs.cr2 = linear;
         self.cpu.set_sregs(&sregs)?;
-        let user = if self.mode.cpl == 3 { 1 << 2 } else { 0 };
-        let write = if write { 1 << 1 } else { 0 };
-        self.fault(kind, vector::PF, Some(user | write))
+        self.fault(kind, vector::PF, Some(error))
     }
 }
 
@@ -169,7 +201,7 @@ fn popcnt<C: GuestCpu>(mut at: At<'_, C>) -> Result<Resolution, Error> {
         }
         _ => match at.read_memory_operand(1, size) {
             Ok(v) => v,
-            Err(linear) => return at.page_fault(Kind::Popcnt, linear, false),
+            Err(fault) => return at.memory_fault(Kind::Popcnt, fault, false),
         },
     };
     let source = if size == 8 {
@@ -208,7 +240,7 @@ fn random<C: GuestCpu>(mut at: At<'_, C>, kind: Kind) -> Result<Resolution, Erro
 
 /// LDMXCSR m32 / STMXCSR m32: load or store the SSE control/status register, which KVM keeps in the
 /// vCPU's XSAVE image. #UD with CR0.EM set or CR4.OSFXSR clear, #NM with CR0.TS set, #GP(0) for a
-/// reserved bit, #PF for an unmapped operand.
+/// reserved bit, #PF for an operand the page tables do not allow, #GP(0) for a non-canonical one.
 fn mxcsr<C: GuestCpu>(at: At<'_, C>, kind: Kind) -> Result<Resolution, Error> {
     if at.sregs.cr0 & cr0::EM != 0 || at.sregs.cr4 & cr4::OSFXSR == 0 {
         return at.fault(kind, vector::UD, None);
@@ -218,14 +250,14 @@ fn mxcsr<C: GuestCpu>(at: At<'_, C>, kind: Kind) -> Result<Resolution, Error> {
     }
     if kind == Kind::Stmxcsr {
         let mxcsr = at.cpu.mxcsr()?;
-        if let Err(linear) = at.write_memory_operand(0, &mxcsr.to_le_bytes()) {
-            return at.page_fault(kind, linear, true);
+        if let Err(fault) = at.write_memory_operand(0, &mxcsr.to_le_bytes()) {
+            return at.memory_fault(kind, fault, true);
         }
         return at.finish(kind);
     }
     let value = match at.read_memory_operand(0, 4) {
         Ok(v) => v as u32,
-        Err(linear) => return at.page_fault(kind, linear, false),
+        Err(fault) => return at.memory_fault(kind, fault, false),
     };
     if value & !MXCSR_MASK != 0 {
         return at.fault(kind, vector::GP, Some(0));

@@ -6,6 +6,7 @@ mod cpu;
 mod error;
 mod instructions;
 mod mode;
+mod paging;
 mod registers;
 pub mod syscall;
 

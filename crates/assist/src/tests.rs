@@ -66,12 +66,32 @@ impl GuestCpu for FakeCpu {
     }
 }
 
-/// 64 KiB of guest RAM, identity-mapped except page 0x8000 (not mapped), with `code` at [`CODE`].
+/// Where [`long_mode`]'s page tables are: PML4, PDPT, PD, PT, one page each.
+const TABLES: u64 = 0xb000;
+
+/// 64 KiB of guest RAM, identity-mapped except page 0x8000 (not mapped), with `code` at [`CODE`];
+/// the map is both the fake's translation and real 4-level page tables at [`TABLES`] (present,
+/// writable, supervisor), for the accesses the assist checks itself.
 fn long_mode(code: &[u8]) -> (FakeCpu, Assist) {
     let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
     memory.write_slice(code, GuestAddress(CODE)).unwrap();
+    for level in 0..3 {
+        let entry = (TABLES + (level + 1) * 0x1000) | 0x3;
+        memory
+            .write_obj(entry, GuestAddress(TABLES + level * 0x1000))
+            .unwrap();
+    }
+    for page in (0..0x10000u64).step_by(0x1000).filter(|&p| p != 0x8000) {
+        memory
+            .write_obj(
+                page | 0x3,
+                GuestAddress(TABLES + 0x3000 + page / 0x1000 * 8),
+            )
+            .unwrap();
+    }
     let mut sregs = kvm_sregs {
-        cr0: 0x8000_0011,          // PG | ET | PE
+        cr0: 0x8001_0011, // PG | WP | ET | PE
+        cr3: TABLES,
         cr4: (1 << 21) | (1 << 9), // SMAP | OSFXSR
         efer: 0x500,               // LME | LMA
         ..Default::default()
@@ -360,6 +380,100 @@ fn stmxcsr_to_an_unmapped_page_writes_nothing() {
         assist.memory.read_obj::<u16>(GuestAddress(0x7ffe)).unwrap(),
         0
     );
+}
+
+/// Changes the flags of [`long_mode`]'s page-table entry for the page at `page`.
+fn set_pte_flags(assist: &Assist, page: u64, flags: u64) {
+    assist
+        .memory
+        .write_obj(
+            page | flags,
+            GuestAddress(TABLES + 0x3000 + page / 0x1000 * 8),
+        )
+        .unwrap();
+}
+
+#[test]
+fn stmxcsr_to_a_read_only_page_is_a_protection_fault_and_writes_nothing() {
+    let (cpu, assist) = long_mode(&[0x0f, 0xae, 0x1f]); // stmxcsr [rdi]
+    set_pte_flags(&assist, 0x2000, 0x1); // present, read-only
+    cpu.regs.borrow_mut().rdi = 0x2010;
+    assist.handle(&cpu).unwrap();
+    assert_eq!(*cpu.injected.borrow(), vec![(14, Some(0x3))], "P | W");
+    assert_eq!(cpu.sregs.borrow().cr2, 0x2010);
+    assert_eq!(
+        assist.memory.read_obj::<u32>(GuestAddress(0x2010)).unwrap(),
+        0
+    );
+    // Without CR0.WP a supervisor write to a read-only page is allowed, as on a CPU.
+    cpu.sregs.borrow_mut().cr0 &= !(1 << 16);
+    cpu.injected.borrow_mut().clear();
+    assist.handle(&cpu).unwrap();
+    assert!(cpu.injected.borrow().is_empty());
+    assert_eq!(
+        assist.memory.read_obj::<u32>(GuestAddress(0x2010)).unwrap(),
+        0x1f80
+    );
+    // The page's entry is now accessed and dirty.
+    let pte: u64 = assist
+        .memory
+        .read_obj(GuestAddress(TABLES + 0x3000 + 2 * 8))
+        .unwrap();
+    assert_eq!(pte & 0x60, 0x60);
+}
+
+#[test]
+fn user_mode_cannot_reach_supervisor_pages_and_smap_guards_user_pages() {
+    let code = [0xf3, 0x48, 0x0f, 0xb8, 0x03]; // popcnt rax, [rbx]
+    let (cpu, assist) = long_mode(&code);
+    assist
+        .memory
+        .write_obj(0xffu64, GuestAddress(0x2000))
+        .unwrap();
+    cpu.regs.borrow_mut().rbx = 0x2000;
+    // CPL 3 reading a supervisor page: #PF, P | U.
+    cpu.sregs.borrow_mut().cs.dpl = 3;
+    assist.handle(&cpu).unwrap();
+    assert_eq!(*cpu.injected.borrow(), vec![(14, Some(0x5))]);
+    // Make the page (and the tables above it) user pages: CPL 3 reads it.
+    for level in 0..3 {
+        let at = GuestAddress(TABLES + level * 0x1000);
+        let e: u64 = assist.memory.read_obj(at).unwrap();
+        assist.memory.write_obj(e | 0x4, at).unwrap();
+    }
+    set_pte_flags(&assist, 0x2000, 0x7);
+    cpu.injected.borrow_mut().clear();
+    assist.handle(&cpu).unwrap();
+    assert!(cpu.injected.borrow().is_empty());
+    assert_eq!(cpu.regs.borrow().rax, 8);
+    // CPL 0 reading the user page with SMAP on and AC clear: #PF, P.
+    cpu.sregs.borrow_mut().cs.dpl = 0;
+    cpu.regs.borrow_mut().rip = CODE;
+    assist.handle(&cpu).unwrap();
+    assert_eq!(*cpu.injected.borrow(), vec![(14, Some(0x1))]);
+    // With AC set (after STAC) it may.
+    cpu.injected.borrow_mut().clear();
+    cpu.regs.borrow_mut().rflags |= 1 << 18;
+    cpu.regs.borrow_mut().rax = 0;
+    assist.handle(&cpu).unwrap();
+    assert!(cpu.injected.borrow().is_empty());
+    assert_eq!(cpu.regs.borrow().rax, 8);
+}
+
+#[test]
+fn a_non_canonical_operand_is_a_general_protection_or_stack_fault() {
+    let code = [
+        0xf3, 0x48, 0x0f, 0xb8, 0x03, // popcnt rax, [rbx]
+    ];
+    let (cpu, assist) = long_mode(&code);
+    cpu.regs.borrow_mut().rbx = 0x8000_0000_0000_0000;
+    assist.handle(&cpu).unwrap();
+    let (cpu2, assist2) = long_mode(&[0xf3, 0x48, 0x0f, 0xb8, 0x04, 0x24]); // popcnt rax, [rsp]
+    cpu2.regs.borrow_mut().rsp = 0x0000_8000_0000_0000;
+    assist2.handle(&cpu2).unwrap();
+    assert_eq!(*cpu.injected.borrow(), vec![(13, Some(0))]);
+    assert_eq!(*cpu2.injected.borrow(), vec![(12, Some(0))]);
+    assert_eq!(cpu.regs.borrow().rip, CODE, "a fault: RIP stays");
 }
 
 mod syscall_bridge {
