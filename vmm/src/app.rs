@@ -57,6 +57,8 @@ fn run(invocation: Invocation, timeline: Arc<Timeline>) -> i32 {
     if let Some(level) = invocation.log_level {
         crate::logger::set_level(level);
     }
+    crate::seccomp::set_mode(invocation.seccomp);
+    virtio::on_thread_start(|| crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Device));
     let controller = Controller::new(&invocation.id, invocation.vm.clone(), timeline);
     if let Source::ConfigFile(path) = &invocation.source {
         let configured = from_file(path).map_err(|e| e.to_string()).and_then(|r| {
@@ -96,7 +98,11 @@ fn run(invocation: Invocation, timeline: Arc<Timeline>) -> i32 {
     };
     drop(signals);
     let code = match launched {
-        Ok(launched) => finish(launched),
+        Ok(launched) => {
+            // Every thread the VM needs has started (the API's threads filter themselves).
+            crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Main);
+            finish(launched)
+        }
         Err(code) => code,
     };
     controller.ended();

@@ -49,6 +49,8 @@ pub struct Invocation {
     pub id: String,
     /// The log level, if given.
     pub log_level: Option<log::LevelFilter>,
+    /// The system call filters.
+    pub seccomp: crate::seccomp::Mode,
 }
 
 /// What the command line asked for.
@@ -247,6 +249,18 @@ fn command() -> Command {
                 .help("A virtio-rng entropy source backed by the host's getrandom(2)"),
         )
         .arg(
+            Arg::new("seccomp")
+                .long("seccomp")
+                .value_name("on|log|off")
+                .default_value("on")
+                .value_parser(["on", "log", "off"])
+                .help(
+                    "System call filters, one per kind of kvmkit thread (docs/security.md): on \
+                     (a call outside a thread's list ends kvmkit, exit 159), log (the kernel logs \
+                     such calls, for debugging), off",
+                ),
+        )
+        .arg(
             Arg::new("boot-timeline")
                 .long("boot-timeline")
                 .value_name("table|json")
@@ -372,6 +386,7 @@ where
         api_sock,
         id: get("id"),
         log_level,
+        seccomp: get("seccomp").parse().map_err(Error::Usage)?,
     })))
 }
 

@@ -65,7 +65,10 @@ pub fn spawn(mut out: Box<dyn Write + Send>) -> io::Result<(BufferedConsole, Con
     let writer = shared.clone();
     std::thread::Builder::new()
         .name("kvmkit-console".into())
-        .spawn(move || write_loop(&writer, &mut *out))?;
+        .spawn(move || {
+            crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Console);
+            write_loop(&writer, &mut *out);
+        })?;
     Ok((
         BufferedConsole {
             shared: shared.clone(),

@@ -21,6 +21,7 @@ pub mod logger;
 pub mod metrics;
 pub mod outcome;
 pub mod run;
+pub mod seccomp;
 pub mod signals;
 pub mod snapshot;
 pub mod software_kvm;

@@ -92,6 +92,7 @@ impl Ticker {
         let thread = std::thread::Builder::new()
             .name("kvmkit-metrics".into())
             .spawn(move || {
+                crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Metrics);
                 let (lock, wake) = &*thread_stop;
                 let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
                 loop {

@@ -368,6 +368,7 @@ pub fn start_with(mut vm: Vm, input: Input, paused: bool) -> Result<RunningVm, E
     let events = std::thread::Builder::new()
         .name("kvmkit-events".into())
         .spawn(move || {
+            crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::EventLoop);
             let result = event_loop(&mut manager, &loop_end);
             timeline.mark(crate::timeline::Event::GuestShutdown);
             loop_group.stop();

@@ -434,6 +434,7 @@ impl VcpuGroup {
             let spawned = std::thread::Builder::new()
                 .name(format!("kvmkit-vcpu-{id}"))
                 .spawn(move || {
+                    crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Vcpu);
                     let mut vcpu = vcpu.bind_kick();
                     if id == 0 {
                         timeline.mark(Event::FirstKvmRun);

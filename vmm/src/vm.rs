@@ -115,12 +115,14 @@ impl Vm {
             Some(
                 std::thread::Builder::new()
                     .name("kvmkit-msr-filter".into())
-                    .spawn(
-                        move || match vm.trap_msr_writes(&[accel::x86::msr::LSTAR]) {
+                    .spawn(move || {
+                        // A short-lived helper making one KVM ioctl: the vCPUs' list covers it.
+                        crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Vcpu);
+                        match vm.trap_msr_writes(&[accel::x86::msr::LSTAR]) {
                             Ok(()) => ready.store(true, Ordering::Release),
                             Err(e) => log::warn!("system call bridge off: {e}"),
-                        },
-                    )
+                        }
+                    })
                     .map_err(|e| Error::Thread(e.to_string()))?,
             )
         } else {

@@ -14,7 +14,7 @@ pub use device::{ActivateError, Activation, ActiveQueue, DeviceCounters, VirtioD
 pub use interrupt::Interrupt;
 pub use mmio::MmioTransport;
 pub use queue::{ChainHandler, QueueHandler, drain, start_worker};
-pub use worker::{QueueError, Worker};
+pub use worker::{QueueError, Worker, on_thread_start};
 
 /// Re-exported so device crates and the VMM agree on the queue type.
 pub use virtio_queue;

@@ -205,7 +205,7 @@ impl Connection {
 
 /// Parses the request line and headers at the start of `bytes`: `None` if they are not complete yet,
 /// else their length, the request (without its body) and the body's length.
-fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Request, usize)>, ReadError> {
+pub fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Request, usize)>, ReadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(bytes) {

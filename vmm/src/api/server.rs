@@ -94,7 +94,10 @@ impl Server {
         let thread_stop = stop.clone();
         let thread = std::thread::Builder::new()
             .name("kvmkit-api".into())
-            .spawn(move || accept_loop(&listener, &handler, &thread_stop))
+            .spawn(move || {
+                crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Api);
+                accept_loop(&listener, &handler, &thread_stop);
+            })
             .map_err(io)?;
         Ok(Self {
             path: path.to_owned(),

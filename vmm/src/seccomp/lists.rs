@@ -1,0 +1,200 @@
+//! The system calls each kind of thread may make. Found by tracing every test (each thread's calls
+//! under `strace -f`, named by the thread), then read against the code; docs/security.md says what
+//! each kind does with them.
+//!
+//! A thread keeps the filters of the thread that started it, so a list must hold the lists of the
+//! threads its kind starts: a vCPU starts device workers (when the driver activates a device), and
+//! an API connection thread starts a whole VM (`PUT /actions` InstanceStart, `/snapshot/load`).
+
+use libc::{
+    SYS_accept4, SYS_brk, SYS_clock_gettime, SYS_clock_nanosleep, SYS_clone, SYS_clone3, SYS_close,
+    SYS_epoll_create1, SYS_epoll_ctl, SYS_epoll_pwait, SYS_epoll_wait, SYS_eventfd2, SYS_exit,
+    SYS_exit_group, SYS_fallocate, SYS_fcntl, SYS_fdatasync, SYS_flock, SYS_fstat, SYS_fsync,
+    SYS_ftruncate, SYS_futex, SYS_getpid, SYS_getrandom, SYS_gettid, SYS_ioctl, SYS_lseek,
+    SYS_madvise, SYS_mmap, SYS_mprotect, SYS_mremap, SYS_munmap, SYS_nanosleep, SYS_newfstatat,
+    SYS_openat, SYS_poll, SYS_ppoll, SYS_prctl, SYS_pread64, SYS_preadv, SYS_pwrite64, SYS_pwritev,
+    SYS_read, SYS_readv, SYS_recvfrom, SYS_rename, SYS_renameat2, SYS_restart_syscall, SYS_rseq,
+    SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_rt_sigreturn, SYS_sched_getaffinity, SYS_sched_yield,
+    SYS_seccomp, SYS_sendto, SYS_set_robust_list, SYS_setsockopt, SYS_shutdown, SYS_sigaltstack,
+    SYS_socket, SYS_statx, SYS_tgkill, SYS_timerfd_create, SYS_timerfd_settime, SYS_unlink,
+    SYS_write, SYS_writev,
+};
+use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+
+use super::ThreadKind;
+
+/// What every thread does: start and end (glibc's thread start and exit), allocate, wait on
+/// locks and sleep, take signals (a vCPU is kicked with one), write log lines, and close what it
+/// drops.
+const EVERY_THREAD: &[i64] = &[
+    SYS_brk,
+    SYS_clock_gettime,
+    SYS_clock_nanosleep,
+    SYS_close,
+    SYS_exit,
+    SYS_exit_group,
+    SYS_futex,
+    SYS_getpid,
+    SYS_getrandom,
+    SYS_gettid,
+    SYS_madvise,
+    SYS_mmap,
+    SYS_mprotect,
+    SYS_mremap,
+    SYS_munmap,
+    SYS_nanosleep,
+    SYS_prctl,
+    SYS_restart_syscall,
+    SYS_rseq,
+    SYS_rt_sigprocmask,
+    SYS_rt_sigreturn,
+    SYS_sched_getaffinity,
+    SYS_sched_yield,
+    SYS_set_robust_list,
+    SYS_sigaltstack,
+    SYS_write,
+];
+
+/// A device worker: its event loop (epoll on queue eventfds and a tap), guest buffers to and from
+/// a disk image (positioned I/O, flush, discard) or a tap (read/write with vectors).
+const DEVICE: &[i64] = &[
+    SYS_epoll_create1,
+    SYS_epoll_ctl,
+    SYS_epoll_pwait,
+    SYS_epoll_wait,
+    SYS_eventfd2,
+    SYS_fallocate,
+    SYS_fcntl,
+    SYS_fdatasync,
+    SYS_fsync,
+    SYS_pread64,
+    SYS_preadv,
+    SYS_pwrite64,
+    SYS_pwritev,
+    SYS_read,
+    SYS_readv,
+    SYS_writev,
+];
+
+/// A vCPU: `KVM_RUN` and the vCPU ioctls (registers for the instruction assist and snapshots),
+/// eventfds (interrupts, stop), and on a device's activation its ioeventfds and worker thread (which
+/// installs its own filter: `seccomp`).
+const VCPU: &[i64] = &[SYS_clone, SYS_clone3, SYS_ioctl, SYS_seccomp, SYS_tgkill];
+
+/// The event loop: epoll on its eventfds and the console's input (with a retry timer while the
+/// UART's receive buffer is full), kicking vCPUs out of `KVM_RUN`, and at the VM's end joining them
+/// and dropping the VM.
+const EVENT_LOOP: &[i64] = &[
+    SYS_epoll_ctl,
+    SYS_epoll_pwait,
+    SYS_epoll_wait,
+    SYS_fcntl,
+    SYS_ioctl,
+    SYS_read,
+    SYS_tgkill,
+    SYS_timerfd_settime,
+];
+
+/// The console writer and the metrics writer: they write (a file, a pipe, a FIFO, a terminal).
+const WRITER: &[i64] = &[SYS_writev, SYS_fsync, SYS_lseek];
+
+/// The main thread once the VM runs: it waits for the VM's end, restores the terminal (ioctl) and
+/// its input's file flags (fcntl), stops the API server and removes its socket.
+const MAIN: &[i64] = &[
+    SYS_fcntl,
+    SYS_ioctl,
+    SYS_poll,
+    SYS_ppoll,
+    SYS_read,
+    SYS_shutdown,
+    SYS_tgkill,
+    SYS_unlink,
+];
+
+/// The API: its connections (accept, read, write, poll with timeouts), and what the requests do:
+/// build and start a VM (opening the kernel, disks, taps, /dev/kvm; KVM ioctls; eventfds and
+/// threads), write and read snapshots (create, truncate, positioned I/O, fsync, rename,
+/// /proc/self/pagemap), open a log or metrics file. The threads it starts install their own
+/// filters (`seccomp`).
+const API: &[i64] = &[
+    SYS_accept4,
+    SYS_clone,
+    SYS_clone3,
+    SYS_epoll_create1,
+    SYS_epoll_ctl,
+    SYS_epoll_pwait,
+    SYS_epoll_wait,
+    SYS_eventfd2,
+    SYS_fallocate,
+    SYS_fcntl,
+    SYS_fdatasync,
+    SYS_flock,
+    SYS_fstat,
+    SYS_fsync,
+    SYS_ftruncate,
+    SYS_ioctl,
+    SYS_lseek,
+    SYS_newfstatat,
+    SYS_openat,
+    SYS_poll,
+    SYS_ppoll,
+    SYS_pread64,
+    SYS_preadv,
+    SYS_pwrite64,
+    SYS_pwritev,
+    SYS_read,
+    SYS_readv,
+    SYS_recvfrom,
+    SYS_rename,
+    SYS_renameat2,
+    SYS_rt_sigaction,
+    SYS_seccomp,
+    SYS_sendto,
+    SYS_setsockopt,
+    SYS_shutdown,
+    SYS_statx,
+    SYS_tgkill,
+    SYS_timerfd_create,
+    SYS_timerfd_settime,
+    SYS_unlink,
+    SYS_writev,
+];
+
+/// The system calls `kind` may make, each at most once (`socket` with a condition: Unix sockets only).
+pub fn allowed(kind: ThreadKind) -> Vec<i64> {
+    let parts: &[&[i64]] = match kind {
+        ThreadKind::Main => &[EVERY_THREAD, MAIN],
+        ThreadKind::Api => &[
+            EVERY_THREAD,
+            API,
+            DEVICE,
+            VCPU,
+            EVENT_LOOP,
+            WRITER,
+            &[SYS_socket],
+        ],
+        ThreadKind::Vcpu => &[EVERY_THREAD, VCPU, DEVICE],
+        ThreadKind::Device => &[EVERY_THREAD, DEVICE],
+        ThreadKind::EventLoop => &[EVERY_THREAD, EVENT_LOOP],
+        ThreadKind::Console | ThreadKind::Metrics => &[EVERY_THREAD, WRITER],
+    };
+    let mut all: Vec<i64> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// The conditions on a call (empty: any arguments). `socket` only makes Unix sockets: glibc's
+/// `if_nametoindex` (does a tap exist?) needs one; no kvmkit thread talks IP.
+pub fn rules(syscall: i64) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+    if syscall != SYS_socket {
+        return Ok(Vec::new());
+    }
+    let unix = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::AF_UNIX as u64,
+    )?;
+    Ok(vec![SeccompRule::new(vec![unix])?])
+}

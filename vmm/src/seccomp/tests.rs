@@ -1,0 +1,129 @@
+//! Each kind's filter, installed for real in a child process (this test binary run again): a call on
+//! the list goes through, one outside it ends the process with [`EXIT_BAD_SYSCALL`] and a line
+//! naming the kind and the call.
+
+use std::process::Command;
+
+use super::*;
+
+/// Set in the child: the kind whose filter it installs.
+const CHILD: &str = "KVMKIT_SECCOMP_TEST_KIND";
+
+/// The child's side: install `kind`'s filter on a new thread, write (on every list), then open an
+/// IPv4 socket (on none).
+fn child(kind: &str) {
+    let kind = ThreadKind::ALL
+        .into_iter()
+        .find(|k| k.name() == kind)
+        .expect("a kind");
+    std::thread::spawn(move || {
+        apply(kind).expect("install the filter");
+        eprintln!("filter installed");
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0");
+        eprintln!("still running: {socket:?}");
+    })
+    .join()
+    .expect("the thread");
+}
+
+#[test]
+fn every_kind_refuses_a_call_outside_its_list() {
+    if let Ok(kind) = std::env::var(CHILD) {
+        child(&kind);
+        return;
+    }
+    let me = std::env::current_exe().unwrap();
+    for kind in ThreadKind::ALL {
+        let out = Command::new(&me)
+            .args([
+                "--exact",
+                "seccomp::tests::every_kind_refuses_a_call_outside_its_list",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, kind.name())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(EXIT_BAD_SYSCALL),
+            "{kind:?}: {stderr}"
+        );
+        assert!(stderr.contains("filter installed"), "{kind:?}: {stderr}");
+        let line = format!(
+            "kvmkit: error: seccomp: a {} thread made system call {}, which is not on its list",
+            kind.name(),
+            libc::SYS_socket
+        );
+        assert!(stderr.contains(&line), "{kind:?}: {stderr}");
+        assert!(!stderr.contains("still running"), "{kind:?}: {stderr}");
+    }
+}
+
+#[test]
+fn every_list_builds_and_no_list_has_the_calls_no_thread_needs() {
+    for kind in ThreadKind::ALL {
+        program(kind, Mode::On).unwrap();
+        program(kind, Mode::Log).unwrap();
+        for forbidden in [
+            libc::SYS_execve,
+            libc::SYS_execveat,
+            libc::SYS_ptrace,
+            libc::SYS_mount,
+            libc::SYS_init_module,
+            libc::SYS_bpf,
+            libc::SYS_process_vm_writev,
+        ] {
+            assert!(
+                !allowed(kind).contains(&forbidden),
+                "{kind:?} allows {forbidden}"
+            );
+        }
+        // Sockets: Unix ones only, for the API's if_nametoindex.
+        let socket = allowed(kind).contains(&libc::SYS_socket);
+        assert_eq!(socket, kind == ThreadKind::Api, "{kind:?}");
+        assert_eq!(lists::rules(libc::SYS_socket).unwrap().len(), 1);
+    }
+}
+
+#[test]
+fn threads_started_by_a_kind_keep_within_its_list() {
+    // A thread keeps the filters of the thread that made it: a device worker is started from a
+    // vCPU thread, and every VM thread from an API thread (when the API starts the VM).
+    let within = |inner: ThreadKind, outer: ThreadKind| {
+        for nr in allowed(inner) {
+            assert!(
+                allowed(outer).contains(&nr),
+                "{inner:?} needs {nr}, which {outer:?} does not allow"
+            );
+        }
+    };
+    within(ThreadKind::Device, ThreadKind::Vcpu);
+    for kind in [
+        ThreadKind::Vcpu,
+        ThreadKind::Device,
+        ThreadKind::EventLoop,
+        ThreadKind::Console,
+        ThreadKind::Metrics,
+    ] {
+        within(kind, ThreadKind::Api);
+    }
+}
+
+#[test]
+fn modes_parse() {
+    assert_eq!("on".parse::<Mode>(), Ok(Mode::On));
+    assert_eq!("log".parse::<Mode>(), Ok(Mode::Log));
+    assert_eq!("off".parse::<Mode>(), Ok(Mode::Off));
+    assert!("maybe".parse::<Mode>().is_err());
+}
+
+#[test]
+fn decimal_numbers_without_allocation() {
+    let mut b = [0u8; 12];
+    for (n, s) in [(0, "0"), (41, "41"), (-1, "-1"), (i32::MAX, "2147483647")] {
+        let len = decimal(&mut b, n);
+        assert_eq!(&b[..len], s.as_bytes());
+    }
+}
