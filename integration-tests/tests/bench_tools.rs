@@ -1,5 +1,5 @@
-//! The benchmark tools run and print well-formed results on short runs (one kvmkit boot each for
-//! tools/bench and tools/bench-snapshot, no QEMU).
+//! The benchmark tools and tools/soak run and print well-formed results on short runs (one kvmkit
+//! boot each for tools/bench, tools/bench-snapshot and tools/soak, no QEMU).
 //! Nothing here asserts a speed: the numbers are only checked to be numbers.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -144,4 +144,36 @@ fn tools_bench_snapshot_and_bench_start_print_tables() {
             .unwrap_or_else(|_| panic!("not a number in {row:?}: {context}"));
         assert!(median > 0.0, "{context}");
     }
+}
+
+#[test]
+fn tools_soak_prints_both_tables_and_a_verdict() {
+    let out = Command::new(root().join("tools/soak"))
+        .args(["--vms", "150", "--minutes", "0.4", "--kvmkit"])
+        .arg(env!("CARGO_BIN_EXE_kvmkit-e2e"))
+        .arg("--tiny")
+        .arg(env!("CARGO_BIN_EXE_kvmkit-soak-tiny"))
+        .env("KVMKIT_GUEST_DIR", kvmkit_integration_tests::guest_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let context = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    // Exit 1 would be a leak (or a bad API answer): the soak's own verdict, not a timing.
+    assert!(out.status.success(), "{context}");
+    let tiny = rows(&stdout, "| 0 |");
+    assert!(!tiny.is_empty(), "{context}");
+    let samples: Vec<Vec<&str>> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("## One guest"))
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| t (s)"))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    assert!(samples.len() >= 2, "{context}");
+    for row in &samples {
+        let fds: u64 = row[2]
+            .parse()
+            .unwrap_or_else(|_| panic!("{row:?}: {context}"));
+        assert!(fds > 0, "{context}");
+    }
+    assert!(stdout.contains("fds: flat; threads: flat"), "{context}");
 }
