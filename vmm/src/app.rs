@@ -57,7 +57,7 @@ fn run(invocation: Invocation, timeline: Arc<Timeline>) -> i32 {
     if let Some(level) = invocation.log_level {
         crate::logger::set_level(level);
     }
-    crate::seccomp::set_mode(invocation.seccomp);
+    crate::seccomp::prepare(invocation.seccomp);
     virtio::on_thread_start(|| crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Device));
     let controller = Controller::new(&invocation.id, invocation.vm.clone(), timeline);
     if let Source::ConfigFile(path) = &invocation.source {

@@ -13,8 +13,8 @@ mod lists;
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::Once;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Once, OnceLock};
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule};
 
@@ -105,6 +105,9 @@ pub enum Error {
         #[source]
         source: seccompiler::BackendError,
     },
+    /// A program built earlier failed (the message is that error's).
+    #[error("{0}")]
+    Prepared(String),
     /// The kernel refused the filter.
     #[error("seccomp: cannot install the {kind} filter: {source}")]
     Install {
@@ -172,6 +175,38 @@ pub fn program(kind: ThreadKind, mode: Mode) -> Result<BpfProgram, Error> {
     filter.try_into().map_err(build)
 }
 
+/// Each kind's program for the mode set at start-up, built once ([`prepare`], or the first
+/// [`apply`]), or why it could not be built.
+static PROGRAMS: [OnceLock<Result<BpfProgram, String>>; 7] = [const { OnceLock::new() }; 7];
+
+fn cached(kind: ThreadKind) -> Result<&'static BpfProgram, Error> {
+    PROGRAMS[kind as usize]
+        .get_or_init(|| program(kind, mode()).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|message| Error::Prepared(message.clone()))
+}
+
+/// Sets the mode and builds every kind's program on a thread of its own (`kvmkit-seccomp`), so that
+/// a vCPU does not build its program between its start and its first `KVM_RUN` (about a
+/// millisecond here). Call once, before any thread applies a filter.
+pub fn prepare(mode: Mode) {
+    set_mode(mode);
+    if mode == Mode::Off {
+        return;
+    }
+    install_sigsys_handler();
+    let built = std::thread::Builder::new()
+        .name("kvmkit-seccomp".into())
+        .spawn(|| {
+            for kind in ThreadKind::ALL {
+                let _ = cached(kind);
+            }
+        });
+    if let Err(e) = built {
+        log::debug!("seccomp: programs built on demand ({e})");
+    }
+}
+
 /// Installs `kind`'s filter on the calling thread (nothing with `--seccomp off`).
 pub fn apply(kind: ThreadKind) -> Result<(), Error> {
     let mode = mode();
@@ -179,11 +214,11 @@ pub fn apply(kind: ThreadKind) -> Result<(), Error> {
         return Ok(());
     }
     install_sigsys_handler();
-    let program = program(kind, mode)?;
+    let program = cached(kind)?;
     // Set before the filter: the handler must not need a call the filter refuses.
     KIND.with(|k| k.set(kind as u8 + 1));
     MAY_RESTORE_TERMINAL.with(|m| m.set(allowed(kind).contains(&libc::SYS_ioctl)));
-    seccompiler::apply_filter(&program).map_err(|source| Error::Install {
+    seccompiler::apply_filter(program).map_err(|source| Error::Install {
         kind: kind.name(),
         source,
     })?;
