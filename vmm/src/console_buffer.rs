@@ -65,10 +65,7 @@ pub fn spawn(mut out: Box<dyn Write + Send>) -> io::Result<(BufferedConsole, Con
     let writer = shared.clone();
     std::thread::Builder::new()
         .name("kvmkit-console".into())
-        .spawn(move || {
-            crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Console);
-            write_loop(&writer, &mut *out);
-        })?;
+        .spawn(move || write_loop(&writer, &mut *out))?;
     Ok((
         BufferedConsole {
             shared: shared.clone(),
@@ -81,6 +78,7 @@ pub fn spawn(mut out: Box<dyn Write + Send>) -> io::Result<(BufferedConsole, Con
 /// while it writes; the process may exit while it is blocked in a write.
 fn write_loop(shared: &Shared, out: &mut dyn Write) {
     let mut chunk = Vec::with_capacity(CHUNK);
+    let mut filtered = false;
     loop {
         {
             let mut state = shared.lock();
@@ -100,6 +98,13 @@ fn write_loop(shared: &Shared, out: &mut dyn Write) {
             chunk.extend(state.bytes.drain(..n));
             state.writing = true;
             shared.changed.notify_all();
+        }
+        // The filter goes in before the first guest byte is written, not at the thread's start:
+        // the thread waits idle until then, and installing it at once would compete with the
+        // vCPUs' start for the CPU.
+        if !filtered {
+            crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Console);
+            filtered = true;
         }
         if let Err(e) = out.write_all(&chunk).and_then(|()| out.flush()) {
             log::warn!("console output failed, guest output is dropped from now on: {e}");

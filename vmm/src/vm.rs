@@ -116,8 +116,9 @@ impl Vm {
                 std::thread::Builder::new()
                     .name("kvmkit-msr-filter".into())
                     .spawn(move || {
-                        // A short-lived helper making one KVM ioctl: the vCPUs' list covers it.
-                        crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Vcpu);
+                        // A short-lived helper that makes one KVM ioctl and ends; it handles
+                        // nothing from the guest, so it installs no filter (that would compete
+                        // with the vCPUs' start for the CPU).
                         match vm.trap_msr_writes(&[accel::x86::msr::LSTAR]) {
                             Ok(()) => ready.store(true, Ordering::Release),
                             Err(e) => log::warn!("system call bridge off: {e}"),

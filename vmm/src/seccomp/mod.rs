@@ -198,7 +198,16 @@ pub fn prepare(mode: Mode) {
     let built = std::thread::Builder::new()
         .name("kvmkit-seccomp".into())
         .spawn(|| {
-            for kind in ThreadKind::ALL {
+            // In the order the threads start: the vCPUs' first (it is on the way to KVM_RUN).
+            for kind in [
+                ThreadKind::Vcpu,
+                ThreadKind::Console,
+                ThreadKind::EventLoop,
+                ThreadKind::Main,
+                ThreadKind::Device,
+                ThreadKind::Api,
+                ThreadKind::Metrics,
+            ] {
                 let _ = cached(kind);
             }
         });
