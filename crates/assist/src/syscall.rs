@@ -217,7 +217,9 @@ fn pf_handler(cpu: &impl GuestCpu, memory: &GuestMemoryMmap) -> Result<Option<u6
         return Ok(None);
     }
     let mut gate = [0u8; 16];
-    if read_linear(cpu, memory, sregs.idt.base + offset, &mut gate)
+    // The guest chose the IDT base: a base near the top of the address space wraps, as the CPU's
+    // linear addresses do, instead of overflowing.
+    if read_linear(cpu, memory, sregs.idt.base.wrapping_add(offset), &mut gate)
         .1
         .is_some()
     {

@@ -558,6 +558,16 @@ mod syscall_bridge {
     }
 
     #[test]
+    fn an_idt_at_the_top_of_the_address_space_is_no_overflow() {
+        let (cpu, assist) = kernel(&[0x90]);
+        cpu.sregs.borrow_mut().idt.base = u64::MAX - 0x10;
+        let mut bridge = SyscallBridge::default();
+        // The gate's address wraps to a low page that holds no gate: nothing is armed.
+        assert!(!bridge.lstar_written(&assist, &cpu, ENTRY).unwrap());
+        assert_eq!(*cpu.breakpoint.borrow(), None);
+    }
+
+    #[test]
     fn without_a_pf_gate_nothing_is_armed() {
         let (cpu, assist) = kernel(&[0x90]);
         cpu.sregs.borrow_mut().idt.limit = 7;
