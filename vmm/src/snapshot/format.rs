@@ -136,7 +136,9 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, Error> {
     let mut len = [0u8; 8];
     len.copy_from_slice(&header[16..24]);
     let len = u64::from_le_bytes(len);
-    let expected = HEADER_LEN as u64 + len;
+    // A hostile length (up to 2^64 - 1) must not overflow the sum (found by the snapshot_file
+    // fuzz target).
+    let expected = (HEADER_LEN as u64).saturating_add(len);
     if len > MAX_BODY || found < expected {
         return Err(Error::Truncated {
             path: name(),
@@ -167,6 +169,20 @@ mod tests {
 
     fn temp(name: &str) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("kvmkit-snapfmt-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn a_length_near_2_to_the_64_is_a_truncated_file_not_an_overflow() {
+        // The snapshot_file fuzz target's crash: a header whose length field is all ones.
+        let p = temp("huge-length");
+        let mut header = [0u8; HEADER_LEN];
+        header[..8].copy_from_slice(&MAGIC);
+        header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        std::fs::write(&p, header).unwrap();
+        let e = load::<State>(&p).unwrap_err();
+        let _ = std::fs::remove_file(&p);
+        assert!(matches!(e, Error::Truncated { .. }), "{e}");
     }
 
     #[test]
