@@ -95,8 +95,10 @@ const EVENT_LOOP: &[i64] = &[
     SYS_timerfd_settime,
 ];
 
-/// The console writer and the metrics writer: they write (a file, a pipe, a FIFO, a terminal).
-const WRITER: &[i64] = &[SYS_writev, SYS_fsync, SYS_lseek];
+/// The console writer and the metrics writer: they write (a file, a pipe, a FIFO, a terminal),
+/// and close their file at the VM's end, which in a debug build first checks it is open (fcntl
+/// F_GETFD; found by a boot with `--serial file=`).
+const WRITER: &[i64] = &[SYS_writev, SYS_fsync, SYS_lseek, SYS_fcntl];
 
 /// The main thread once the VM runs: it waits for the VM's end, restores the terminal (ioctl) and
 /// its input's file flags (fcntl), stops the API server and removes its socket.
