@@ -314,3 +314,56 @@ fn a_stop_signal_while_waiting_for_the_api_removes_the_socket() {
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));
     assert!(!sock.exists(), "the socket is removed");
 }
+
+#[test]
+fn under_landlock_the_api_can_name_only_the_files_its_rules_allow() {
+    let dir = std::env::temp_dir().join(format!("kvmkit-cli-{}-landlock", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let allowed = dir.join("allowed");
+    std::fs::create_dir_all(&allowed).unwrap();
+    let inside = allowed.join("data.img");
+    let outside = dir.join("outside.img");
+    for image in [&inside, &outside] {
+        std::fs::write(image, vec![0u8; 4096]).unwrap();
+    }
+    let sock = dir.join("api.sock");
+    let rule = format!("path={},access=rw", s(&allowed));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvmkit-e2e"))
+        .args([
+            "--landlock",
+            "--landlock-rules",
+            &rule,
+            "--api-sock",
+            s(&sock),
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    kvmkit_integration_tests::wait_for_path(&sock);
+    let put = |path: &str, body: String| {
+        kvmkit::api::client::call(&sock, "PUT", path, Some(&body)).unwrap()
+    };
+    let drive = |image: &Path| {
+        format!(
+            r#"{{"drive_id":"data","path_on_host":"{}","is_root_device":false,"is_read_only":false}}"#,
+            s(image)
+        )
+    };
+    let (status, body) = put("/drives/data", drive(&outside));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Permission denied"), "{body}");
+    assert!(body.contains("--landlock-rules"), "the hint: {body}");
+    assert_eq!(put("/drives/data", drive(&inside)).0, 204);
+    // A log file: refused beside the rule's directory, created inside it.
+    let logger = |path: &Path| format!(r#"{{"log_path":"{}"}}"#, s(path));
+    assert_eq!(put("/logger", logger(&dir.join("kvmkit.log"))).0, 400);
+    assert_eq!(put("/logger", logger(&allowed.join("kvmkit.log"))).0, 204);
+    assert!(allowed.join("kvmkit.log").exists());
+    assert!(!dir.join("kvmkit.log").exists());
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child, not reaped yet.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+    let _ = std::fs::remove_dir_all(&dir);
+}

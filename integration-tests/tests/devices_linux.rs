@@ -41,7 +41,13 @@ impl Seen {
 
 /// Boots `kernel` with two disks, a network card (`mac`, or none for the generated one) and the
 /// default entropy device, its init running the virtio, rng, disk and net checks.
-fn boot_with_every_device(test: &str, kernel: &str, mac: Option<MacAddr>) -> (Seen, Scratch) {
+/// `sandbox` is extra flags (`--landlock`).
+fn boot_with_every_device(
+    test: &str,
+    kernel: &str,
+    mac: Option<MacAddr>,
+    sandbox: &[&str],
+) -> (Seen, Scratch) {
     let s = Scratch::new(test);
     let (a, b) = two_disks(&s);
     let ns = NetNs::new(test);
@@ -69,7 +75,8 @@ fn boot_with_every_device(test: &str, kernel: &str, mac: Option<MacAddr>) -> (Se
             "stdio",
         ])
         .args(two_disk_args(&a, &b))
-        .args(["--net", &net]);
+        .args(["--net", &net])
+        .args(sandbox);
     let (stdout, stderr, code) = output_within(&mut cmd, Duration::from_secs(900));
     let seen = Seen {
         stdout,
@@ -159,7 +166,7 @@ fn check_every_device(seen: &Seen, s: &Scratch, mac: MacAddr) {
 #[test]
 fn an_acpi_kernel_uses_disks_network_and_entropy_found_in_the_dsdt() {
     let mac: MacAddr = "52:54:00:12:34:56".parse().unwrap();
-    let (seen, s) = boot_with_every_device("acpi", "vmlinux", Some(mac));
+    let (seen, s) = boot_with_every_device("acpi", "vmlinux", Some(mac), &[]);
     // The devices are on the command line too (for kernels without ACPI); this kernel took them
     // from the DSDT and skipped the command line's, which had turned into placeholders.
     assert!(seen.stdout.contains("ACPI: DSDT 0x"), "{}", seen.context());
@@ -173,7 +180,7 @@ fn an_acpi_kernel_uses_disks_network_and_entropy_found_in_the_dsdt() {
 
 #[test]
 fn a_kernel_without_acpi_finds_every_device_on_its_command_line_with_the_defaults() {
-    let (seen, s) = boot_with_every_device("noacpi", "vmlinux-noacpi", None);
+    let (seen, s) = boot_with_every_device("noacpi", "vmlinux-noacpi", None, &["--landlock"]);
     assert!(!seen.stdout.contains("ACPI: RSDP"), "{}", seen.context());
     assert!(
         seen.stdout

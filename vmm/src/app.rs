@@ -47,7 +47,7 @@ fn app(args: Vec<std::ffi::OsString>, timeline: Arc<Timeline>) -> i32 {
 }
 
 fn fail(code: i32, e: &dyn std::fmt::Display) -> i32 {
-    eprintln!("kvmkit: error: {e}");
+    eprintln!("kvmkit: error: {}", crate::landlock::explain(e.to_string()));
     code
 }
 
@@ -57,28 +57,60 @@ fn run(invocation: Invocation, timeline: Arc<Timeline>) -> i32 {
     if let Some(level) = invocation.log_level {
         crate::logger::set_level(level);
     }
+    // The config file is read, and the API socket bound, before Landlock: the ruleset needs the
+    // file's paths, and binding a socket needs a right on its directory.
+    let resources = match &invocation.source {
+        Source::ConfigFile(path) => match from_file(path) {
+            Ok(r) => Some(r),
+            Err(e) => return fail(EXIT_BAD_INPUT, &e),
+        },
+        _ => None,
+    };
+    let listener = match &invocation.api_sock {
+        Some(path) => match crate::api::server::bind(path) {
+            Ok(listener) => Some((listener, path.clone())),
+            Err(e) => return fail(EXIT_BAD_INPUT, &e),
+        },
+        None => None,
+    };
+    let unbind = |code: i32| {
+        if let Some((_, path)) = &listener {
+            let _ = std::fs::remove_file(path);
+        }
+        code
+    };
+    if let Some(extra) = &invocation.landlock
+        && let Err(e) = sandbox(&invocation, resources.as_ref(), extra)
+    {
+        let code = match e {
+            crate::landlock::Error::Path { .. } => EXIT_BAD_INPUT,
+            _ => EXIT_GUEST_ERROR,
+        };
+        return unbind(fail(code, &e));
+    }
     crate::seccomp::prepare(invocation.seccomp);
     virtio::on_thread_start(|| crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Device));
     let controller = Controller::new(&invocation.id, invocation.vm.clone(), timeline);
-    if let Source::ConfigFile(path) = &invocation.source {
-        let configured = from_file(path).map_err(|e| e.to_string()).and_then(|r| {
-            controller
-                .configure(r)
-                .map_err(|e| format!("config file {}: {e}", path.display()))
-        });
-        if let Err(e) = configured {
-            return fail(EXIT_BAD_INPUT, &e);
-        }
+    if let (Some(r), Source::ConfigFile(path)) = (resources, &invocation.source)
+        && let Err(e) = controller.configure(r)
+    {
+        return unbind(fail(
+            EXIT_BAD_INPUT,
+            &format_args!("config file {}: {e}", path.display()),
+        ));
     }
     // Signals that come before the VM runs end kvmkit with the socket removed.
     let signals = match crate::signals::StopSignals::new() {
         Ok(s) => s,
-        Err(e) => return fail(EXIT_GUEST_ERROR, &format_args!("signals: {e}")),
+        Err(e) => return unbind(fail(EXIT_GUEST_ERROR, &format_args!("signals: {e}"))),
     };
-    let server = match &invocation.api_sock {
-        Some(path) => match crate::api::serve(path, controller.clone()) {
+    let server = match listener {
+        Some((listener, path)) => match crate::api::serve_on(listener, &path, controller.clone()) {
             Ok(server) => Some(server),
-            Err(e) => return fail(EXIT_BAD_INPUT, &e),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return fail(EXIT_BAD_INPUT, &e);
+            }
         },
         None => None,
     };
@@ -108,6 +140,43 @@ fn run(invocation: Invocation, timeline: Arc<Timeline>) -> i32 {
     controller.ended();
     drop(server);
     code
+}
+
+/// Applies `--landlock`: the paths `invocation` (and its config file's `resources`) names, and the
+/// user's `extra` rules.
+fn sandbox(
+    invocation: &Invocation,
+    resources: Option<&crate::config::firecracker::VmResources>,
+    extra: &[crate::landlock::Rule],
+) -> Result<(), crate::landlock::Error> {
+    let mut plan = crate::landlock::Plan::new(extra);
+    match (&invocation.source, resources) {
+        (Source::CommandLine, _) => plan.vm(&invocation.vm),
+        (Source::ConfigFile(_), Some(r)) => plan.resources(r, &invocation.vm),
+        (
+            Source::Restore {
+                snapshot, memory, ..
+            },
+            _,
+        ) => {
+            plan.restore(snapshot, memory);
+            plan.vm(&invocation.vm);
+        }
+        _ => plan.vm(&invocation.vm),
+    }
+    if invocation.api_sock.is_some() {
+        plan.api();
+    }
+    let status = crate::landlock::apply(plan.rules())?;
+    log::info!(
+        "landlock: {status:?}; kvmkit may open only {}",
+        plan.paths()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
 }
 
 /// Reports a VM that could not start; returns the exit code.

@@ -51,6 +51,8 @@ pub struct Invocation {
     pub log_level: Option<log::LevelFilter>,
     /// The system call filters.
     pub seccomp: crate::seccomp::Mode,
+    /// `--landlock`: restrict kvmkit's files to the configuration's and these extra rules.
+    pub landlock: Option<Vec<crate::landlock::Rule>>,
 }
 
 /// What the command line asked for.
@@ -261,6 +263,27 @@ fn command() -> Command {
                 ),
         )
         .arg(
+            Arg::new("landlock")
+                .long("landlock")
+                .action(ArgAction::SetTrue)
+                .help(
+                    "Landlock sandbox (docs/security.md): kvmkit can open only the files its \
+                     configuration names (kernel, initramfs, disks, serial file, snapshot) and \
+                     those of --landlock-rules; no TCP",
+                ),
+        )
+        .arg(
+            Arg::new("landlock-rules")
+                .long("landlock-rules")
+                .value_name("path=PATH,access=r|rw")
+                .action(ArgAction::Append)
+                .requires("landlock")
+                .help(
+                    "With --landlock, a file or directory kvmkit may also use (repeatable): for \
+                     what the API names at run time, such as drives, snapshots and logs",
+                ),
+        )
+        .arg(
             Arg::new("boot-timeline")
                 .long("boot-timeline")
                 .value_name("table|json")
@@ -387,6 +410,19 @@ where
         id: get("id"),
         log_level,
         seccomp: get("seccomp").parse().map_err(Error::Usage)?,
+        landlock: if m.get_flag("landlock") {
+            Some(
+                m.get_many::<String>("landlock-rules")
+                    .unwrap_or_default()
+                    .map(|r| {
+                        r.parse()
+                            .map_err(|e: crate::landlock::Error| Error::Usage(e.to_string()))
+                    })
+                    .collect::<Result<_, _>>()?,
+            )
+        } else {
+            None
+        },
     })))
 }
 

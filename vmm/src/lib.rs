@@ -16,6 +16,7 @@ pub mod console_buffer;
 pub mod controller;
 pub mod devices;
 pub mod events;
+pub mod landlock;
 pub mod launch;
 pub mod logger;
 pub mod metrics;

@@ -23,7 +23,15 @@ pub use server::Server;
 
 /// Serves the API for `controller` on a socket at `path` until the returned server is dropped.
 pub fn serve(path: &Path, controller: Arc<Controller>) -> Result<Server, server::Error> {
-    let listener = server::bind(path)?;
+    serve_on(server::bind(path)?, path, controller)
+}
+
+/// Serves the API for `controller` on `listener`, a socket [`server::bind`] bound at `path`.
+pub fn serve_on(
+    listener: std::os::unix::net::UnixListener,
+    path: &Path,
+    controller: Arc<Controller>,
+) -> Result<Server, server::Error> {
     let handler: server::Handler = Arc::new(move |req| routes::handle(&controller, req));
     Server::spawn(listener, path, handler)
 }

@@ -20,7 +20,7 @@ struct Version {
 }
 
 fn bad(message: impl std::fmt::Display) -> Response {
-    Response::fault(400, &message.to_string())
+    Response::fault(400, &crate::landlock::explain(message.to_string()))
 }
 
 fn done(result: Result<(), Error>) -> Response {

@@ -1,0 +1,120 @@
+//! Which paths the ruleset names: those the configuration gives, the host files every VM needs,
+//! and the user's `--landlock-rules`.
+
+use std::path::{Path, PathBuf};
+
+use super::{Permission, Rule};
+use crate::config::VmConfig;
+use crate::config::firecracker::VmResources;
+
+/// Host files kvmkit opens for every VM: KVM, the host's memory size (to refuse a guest larger than
+/// the host), and its own page map (to skip untouched RAM in a snapshot).
+const ALWAYS: [(&str, Permission); 4] = [
+    ("/dev/kvm", Permission::ReadWrite),
+    ("/proc/meminfo", Permission::Read),
+    ("/proc/self/maps", Permission::Read),
+    ("/proc/self/pagemap", Permission::Read),
+];
+
+/// The TUN/TAP device, for virtio-net.
+const TUN: &str = "/dev/net/tun";
+
+/// The rules for one run of kvmkit, built up from what it was asked to do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    rules: Vec<Rule>,
+}
+
+impl Plan {
+    /// The host files every VM needs, and the user's `extra` rules (whose paths must exist).
+    pub fn new(extra: &[Rule]) -> Self {
+        let mut plan = Self::default();
+        for (path, permission) in ALWAYS {
+            plan.existing(Path::new(path), permission);
+        }
+        plan.rules.extend_from_slice(extra);
+        plan
+    }
+
+    /// The rules so far.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Adds `path` if it exists (a missing kernel or disk is reported, as without Landlock, when
+    /// kvmkit opens it).
+    fn existing(&mut self, path: &Path, permission: Permission) {
+        if path.exists() {
+            self.rules.push(Rule {
+                path: path.to_owned(),
+                access: permission,
+            });
+        }
+    }
+
+    /// Adds a file kvmkit appends to, creating it first if there is none (Landlock would otherwise
+    /// need the right to create any file in its directory).
+    fn output(&mut self, path: &Path) {
+        if !path.exists() {
+            // An error here (a missing directory, say) is reported when kvmkit opens it for real.
+            let _ = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path);
+        }
+        self.existing(path, Permission::ReadWrite);
+    }
+
+    /// What `config` opens: kernel, initramfs, disks (read-only ones for reading), the TUN device
+    /// for its network cards, its serial file.
+    pub fn vm(&mut self, config: &VmConfig) {
+        self.existing(&config.boot.kernel, Permission::Read);
+        if let Some(initramfs) = &config.boot.initramfs {
+            self.existing(initramfs, Permission::Read);
+        }
+        for disk in &config.devices.disks {
+            let permission = if disk.read_only {
+                Permission::Read
+            } else {
+                Permission::ReadWrite
+            };
+            self.existing(&disk.path, permission);
+        }
+        if !config.devices.nets.is_empty() {
+            self.existing(Path::new(TUN), Permission::ReadWrite);
+        }
+        if let crate::config::SerialMode::File(path) = &config.serial {
+            self.output(path);
+        }
+    }
+
+    /// What a config file adds to `base`: its VM, and its log and metrics files.
+    pub fn resources(&mut self, r: &VmResources, base: &VmConfig) {
+        // Resources that do not make a VM are refused later, with their own error.
+        if let Ok(config) = r.vm_config(base) {
+            self.vm(&config);
+        }
+        if let Some(path) = r.logger.as_ref().and_then(|l| l.log_path.as_ref()) {
+            self.output(path);
+        }
+        if let Some(metrics) = &r.metrics {
+            self.output(&metrics.metrics_path);
+        }
+    }
+
+    /// A snapshot to restore: its state file and its memory file, both read.
+    pub fn restore(&mut self, snapshot: &Path, memory: &Path) {
+        self.existing(snapshot, Permission::Read);
+        self.existing(memory, Permission::Read);
+    }
+
+    /// The API can add network cards before the VM starts: the TUN device.
+    pub fn api(&mut self) {
+        self.existing(Path::new(TUN), Permission::ReadWrite);
+    }
+
+    /// The paths, for messages and tests.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.rules.iter().map(|r| r.path.clone()).collect()
+    }
+}
