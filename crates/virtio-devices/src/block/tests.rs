@@ -232,3 +232,99 @@ fn with_flush_negotiated_writes_are_cached_and_a_failed_flush_stays_failed() {
         assert_eq!(d.request(VIRTIO_BLK_T_FLUSH, 0), VIRTIO_BLK_S_IOERR as u8);
     }
 }
+
+/// Set in the child of [`a_full_filesystem_gives_the_guest_ioerr_and_the_device_goes_on`]: the
+/// directory where a 64 KiB tmpfs is mounted (in the child's own mount namespace).
+const FULL_FS: &str = "KVMKIT_BLOCK_TEST_FULL_FS";
+
+/// The child's side: a 1 MiB sparse image on the 64 KiB file system, written a page at a time
+/// until the file system is full.
+fn fill_the_filesystem(dir: &std::path::Path) {
+    let path = dir.join("disk.img");
+    std::fs::File::create(&path)
+        .and_then(|f| f.set_len(1 << 20))
+        .unwrap();
+    let block = Block::new(
+        "blk-full",
+        &BlockConfig {
+            path: path.clone(),
+            read_only: false,
+            serial: None,
+        },
+    )
+    .unwrap();
+    let disk = block.disk.clone();
+    let mut d = FakeDriver::new(Box::new(block), 4 << 20, SIZE);
+    d.start(FEATURES);
+    let mut driver = Driver {
+        d,
+        _dir: Dir(dir.to_owned()),
+        path,
+        disk,
+    };
+    let mut statuses = Vec::new();
+    for page in 0..64u64 {
+        driver.d.write(0x40000, &[page as u8 + 1; 512]);
+        statuses.push(driver.request(VIRTIO_BLK_T_OUT, page * 8));
+    }
+    let ok = VIRTIO_BLK_S_OK as u8;
+    let ioerr = VIRTIO_BLK_S_IOERR as u8;
+    let first_error = statuses.iter().position(|&s| s != ok);
+    eprintln!("statuses: {statuses:?}");
+    eprintln!(
+        "ok then ioerr: {}",
+        first_error.is_some_and(|i| i > 0 && statuses[i..].iter().all(|&s| s == ioerr))
+    );
+    // The device goes on: what was written reads back, and a page that exists can be rewritten.
+    driver.d.write(0x40000, &[0u8; 512]);
+    eprintln!("read: {}", driver.request(VIRTIO_BLK_T_IN, 0) == ok);
+    eprintln!(
+        "read back: {}",
+        driver.d.read(0x40000, 512) == vec![1u8; 512]
+    );
+    driver.d.write(0x40000, &[0x77; 512]);
+    eprintln!("rewrite: {}", driver.request(VIRTIO_BLK_T_OUT, 0) == ok);
+}
+
+#[test]
+fn a_full_filesystem_gives_the_guest_ioerr_and_the_device_goes_on() {
+    if let Ok(dir) = std::env::var(FULL_FS) {
+        fill_the_filesystem(std::path::Path::new(&dir));
+        return;
+    }
+    // This test again, in a mount namespace of its own with a 64 KiB tmpfs (`unshare` from
+    // util-linux; as a user other than root, in a user namespace of its own too).
+    let dir = std::env::temp_dir().join(format!("kvmkit-blk-full-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let me = std::env::current_exe().unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=64k kvmkit-full '{}' && exec '{}' --exact \
+         block::tests::a_full_filesystem_gives_the_guest_ioerr_and_the_device_goes_on \
+         --nocapture --test-threads=1",
+        dir.display(),
+        me.display()
+    );
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut unshare = std::process::Command::new("unshare");
+    unshare.arg("--mount");
+    if !root {
+        unshare.arg("--map-root-user");
+    }
+    let out = unshare
+        .args(["sh", "-c", &script])
+        .env(FULL_FS, &dir)
+        .output()
+        .expect("run unshare (util-linux)");
+    let _ = std::fs::remove_dir(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for line in [
+        "ok then ioerr: true",
+        "read: true",
+        "read back: true",
+        "rewrite: true",
+    ] {
+        assert!(stderr.contains(line), "{line:?} not in {stderr}");
+    }
+}
