@@ -10,6 +10,8 @@ mod paging;
 mod registers;
 pub mod syscall;
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 

@@ -1,0 +1,88 @@
+//! Fuzzes what a guest controls in a virtio-rng queue: the descriptor table, the available ring and
+//! the buffers, through the same path as the device's worker (`virtio::drain`, which walks the
+//! available ring and each chain with virtio-queue, and the device's chain handler, which fills the
+//! chain's buffers with random bytes). Any panic, or an answer longer than the per-request cap or
+//! than the chain's device-writable buffers, is a finding.
+//!
+//! Input: 2 bytes of queue size (rounded down to a power of two, 1..=256), 2 bytes of available
+//! index, 1 byte of flags (bit 0: event index), 2 bytes of cap (the device's `max_request`, at least
+//! 1), then up to 64 KiB of guest memory. The descriptor table is at 0, the available ring at 0x1000,
+//! the used ring at 0x2000.
+
+#![no_main]
+
+use kvmkit_memory::GuestMemoryMmap;
+use kvmkit_virtio::{ChainHandler, Interrupt, drain};
+use kvmkit_virtio_devices::rng::{Rng, RngConfig};
+use libfuzzer_sys::fuzz_target;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+const MEM_SIZE: usize = 64 << 10;
+
+/// The device's handler, with checks on each answer.
+struct Checked<H> {
+    inner: H,
+    cap: u32,
+    answered: u32,
+}
+
+impl<H: ChainHandler> ChainHandler for Checked<H> {
+    fn handle(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+        // The writable bytes the chain offers before its first device-readable buffer.
+        let writable: u64 = chain
+            .clone()
+            .take_while(|d| d.is_write_only())
+            .map(|d| u64::from(d.len()))
+            .sum();
+        let len = self.inner.handle(mem, chain);
+        assert!(len <= self.cap, "answered {len} bytes, the cap is {}", self.cap);
+        assert!(u64::from(len) <= writable, "answered {len} bytes of {writable} writable");
+        self.answered += 1;
+        len
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 7 {
+        return;
+    }
+    let size_raw = u16::from_le_bytes([data[0], data[1]]).clamp(1, 256);
+    let size = 1u16 << (15 - size_raw.leading_zeros());
+    let avail_idx = u16::from_le_bytes([data[2], data[3]]);
+    let event_idx = data[4] & 1 != 0;
+    let cap = u32::from(u16::from_le_bytes([data[5], data[6]])).max(1);
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let body = &data[7..data.len().min(7 + MEM_SIZE)];
+    mem.write_slice(body, GuestAddress(0)).unwrap();
+    mem.write_obj(avail_idx, GuestAddress(0x1002)).unwrap();
+
+    let mut queue = Queue::new(256).unwrap();
+    queue.set_size(size);
+    queue.set_desc_table_address(Some(0), Some(0));
+    queue.set_avail_ring_address(Some(0x1000), Some(0));
+    queue.set_used_ring_address(Some(0x2000), Some(0));
+    queue.set_event_idx(event_idx);
+    queue.set_ready(true);
+    if !queue.is_valid(&mem) {
+        return;
+    }
+    let rng = Rng::new("rng-fuzz", &RngConfig { max_request: cap });
+    let mut handler = Checked {
+        inner: rng.handler(),
+        cap,
+        answered: 0,
+    };
+    let interrupt = Interrupt::new(EventFd::new(libc_nonblock()).unwrap());
+    let before = queue.next_used();
+    if drain("rng-fuzz", &mem, &mut queue, &interrupt, &mut handler).is_ok() {
+        // Each chain the handler answered went into the used ring (dropped heads are not answered).
+        let used = queue.next_used().wrapping_sub(before);
+        assert_eq!(u32::from(used), handler.answered);
+    }
+});
+
+fn libc_nonblock() -> i32 {
+    vmm_sys_util::eventfd::EFD_NONBLOCK
+}
