@@ -3,7 +3,8 @@
 //! makes (ping, and a byte stream over TCP each way, checked on both ends), and the entropy device
 //! (the kernel's hardware RNG, read). Once with the test kernel, which has ACPI and finds the devices
 //! in the DSDT, and once with the same kernel built without ACPI, which finds them on its command
-//! line, both with kvmkit's default `--acpi on`: each must see every device exactly once.
+//! line, both with kvmkit's default `--acpi on`: each must see every device exactly once. The second
+//! boot runs under `--landlock`: the devices work with kvmkit restricted to the files they name.
 //!
 //! The network part needs root (a network namespace and a tap). On a software-KVM host each boot
 //! takes about two minutes.
