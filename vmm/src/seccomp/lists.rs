@@ -165,16 +165,26 @@ pub fn allowed(kind: ThreadKind) -> Vec<i64> {
 }
 
 /// The conditions on a call (empty: any arguments). `socket` only makes Unix sockets: glibc's
-/// `if_nametoindex` (does a tap exist?) needs one; no kvmkit thread talks IP.
+/// `if_nametoindex` (does a tap exist?) needs one; no kvmkit thread talks IP. `mmap` and `mprotect`
+/// never make memory executable: kvmkit maps guest RAM, files and thread stacks, none of them code,
+/// so a subverted thread cannot make room for code of its own.
 pub fn rules(syscall: i64) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
-    if syscall != SYS_socket {
+    let condition = if syscall == SYS_socket {
+        SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_UNIX as u64,
+        )?
+    } else if syscall == SYS_mmap || syscall == SYS_mprotect {
+        SeccompCondition::new(
+            2,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+            0,
+        )?
+    } else {
         return Ok(Vec::new());
-    }
-    let unix = SeccompCondition::new(
-        0,
-        SeccompCmpArgLen::Dword,
-        SeccompCmpOp::Eq,
-        libc::AF_UNIX as u64,
-    )?;
-    Ok(vec![SeccompRule::new(vec![unix])?])
+    };
+    Ok(vec![SeccompRule::new(vec![condition])?])
 }

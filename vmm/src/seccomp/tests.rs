@@ -8,19 +8,45 @@ use super::*;
 
 /// Set in the child: the kind whose filter it installs.
 const CHILD: &str = "KVMKIT_SECCOMP_TEST_KIND";
+/// Set in the child: the forbidden call it makes, `socket` (an IPv4 socket) or `mmap` (executable
+/// memory).
+const CALL: &str = "KVMKIT_SECCOMP_TEST_CALL";
 
-/// The child's side: install `kind`'s filter on a new thread, write (on every list), then open an
-/// IPv4 socket (on none).
-fn child(kind: &str) {
+/// The child's side: install `kind`'s filter on a new thread, write (on every list), map memory
+/// that is not executable (on every list), then make `call`, which no list allows.
+fn child(kind: &str, call: &str) {
     let kind = ThreadKind::ALL
         .into_iter()
         .find(|k| k.name() == kind)
         .expect("a kind");
+    let call = call.to_owned();
     std::thread::spawn(move || {
         apply(kind).expect("install the filter");
         eprintln!("filter installed");
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0");
-        eprintln!("still running: {socket:?}");
+        let map = |prot| {
+            // SAFETY: a new anonymous mapping, unmapped at once; nothing else refers to it.
+            unsafe {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    prot,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                if p != libc::MAP_FAILED {
+                    libc::munmap(p, 4096);
+                }
+                p != libc::MAP_FAILED
+            }
+        };
+        eprintln!("data mapped: {}", map(libc::PROT_READ | libc::PROT_WRITE));
+        if call == "mmap" {
+            eprintln!("still running: {}", map(libc::PROT_READ | libc::PROT_EXEC));
+        } else {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0");
+            eprintln!("still running: {socket:?}");
+        }
     })
     .join()
     .expect("the thread");
@@ -29,11 +55,15 @@ fn child(kind: &str) {
 #[test]
 fn every_kind_refuses_a_call_outside_its_list() {
     if let Ok(kind) = std::env::var(CHILD) {
-        child(&kind);
+        child(&kind, &std::env::var(CALL).unwrap_or_default());
         return;
     }
     let me = std::env::current_exe().unwrap();
-    for kind in ThreadKind::ALL {
+    for (kind, (call, nr)) in ThreadKind::ALL.into_iter().flat_map(|k| {
+        [("socket", libc::SYS_socket), ("mmap", libc::SYS_mmap)]
+            .into_iter()
+            .map(move |c| (k, c))
+    }) {
         let out = Command::new(&me)
             .args([
                 "--exact",
@@ -42,22 +72,32 @@ fn every_kind_refuses_a_call_outside_its_list() {
                 "--test-threads=1",
             ])
             .env(CHILD, kind.name())
+            .env(CALL, call)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             out.status.code(),
             Some(EXIT_BAD_SYSCALL),
-            "{kind:?}: {stderr}"
+            "{kind:?} {call}: {stderr}"
         );
-        assert!(stderr.contains("filter installed"), "{kind:?}: {stderr}");
+        assert!(
+            stderr.contains("filter installed"),
+            "{kind:?} {call}: {stderr}"
+        );
+        assert!(
+            stderr.contains("data mapped: true"),
+            "{kind:?} {call}: {stderr}"
+        );
         let line = format!(
-            "kvmkit: error: seccomp: a {} thread made system call {}, which is not on its list",
+            "kvmkit: error: seccomp: a {} thread made system call {nr}, which is not on its list",
             kind.name(),
-            libc::SYS_socket
         );
-        assert!(stderr.contains(&line), "{kind:?}: {stderr}");
-        assert!(!stderr.contains("still running"), "{kind:?}: {stderr}");
+        assert!(stderr.contains(&line), "{kind:?} {call}: {stderr}");
+        assert!(
+            !stderr.contains("still running"),
+            "{kind:?} {call}: {stderr}"
+        );
     }
 }
 
@@ -84,6 +124,8 @@ fn every_list_builds_and_no_list_has_the_calls_no_thread_needs() {
         let socket = allowed(kind).contains(&libc::SYS_socket);
         assert_eq!(socket, kind == ThreadKind::Api, "{kind:?}");
         assert_eq!(lists::rules(libc::SYS_socket).unwrap().len(), 1);
+        assert_eq!(lists::rules(libc::SYS_mmap).unwrap().len(), 1);
+        assert_eq!(lists::rules(libc::SYS_mprotect).unwrap().len(), 1);
     }
 }
 
