@@ -60,12 +60,22 @@ pub fn detect_format(head: &[u8]) -> Option<KernelFormat> {
     None
 }
 
+/// Opens `path` for reading. A FIFO, socket or device is refused before it is opened: opening a
+/// FIFO would wait for a writer, and none of them has a size to load.
 fn open(path: &Path, what: &'static str) -> Result<File> {
-    File::open(path).map_err(|source| Error::Open {
+    let error = |source| Error::Open {
         what,
         path: path.to_owned(),
         source,
-    })
+    };
+    let meta = std::fs::metadata(path).map_err(error)?;
+    if !meta.is_file() && !meta.is_dir() {
+        return Err(error(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    File::open(path).map_err(error)
 }
 
 /// Loads the kernel at `path` into `mem`, choosing PVH for an ELF with a PVH note. Whole pages of
@@ -251,6 +261,26 @@ mod tests {
             assert_eq!(maps_of(&path), 0, "unmapped with guest memory");
             std::fs::remove_file(path).unwrap();
         }
+    }
+
+    #[test]
+    fn a_fifo_or_device_is_refused_before_it_is_opened() {
+        // Opening a FIFO for reading would wait for a writer: this test would hang.
+        let fifo = std::env::temp_dir().join(format!("kvmkit-kernel-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_file(&fifo);
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        for path in [fifo.as_path(), Path::new("/dev/null")] {
+            let e = load_kernel(&mem, path).unwrap_err().to_string();
+            assert!(e.contains("not a regular file"), "{e}");
+            let e = open(path, "initramfs").unwrap_err().to_string();
+            assert!(
+                e.contains("cannot read initramfs") && e.contains("not a regular file"),
+                "{e}"
+            );
+        }
+        std::fs::remove_file(fifo).unwrap();
     }
 
     #[test]

@@ -115,14 +115,21 @@ fn unsupported(what: &str) -> Error {
     Error::Unsupported(what.to_owned())
 }
 
+/// Checks that `path` is a regular file kvmkit can open. A FIFO or device is refused before it is
+/// opened: opening a FIFO would hold the API connection until something writes to it.
 fn readable(what: &'static str, path: &Path) -> Result<(), Error> {
+    let error = |reason: String| Error::File {
+        what,
+        path: path.display().to_string(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| error(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(error("not a regular file".to_owned()));
+    }
     std::fs::File::open(path)
         .map(drop)
-        .map_err(|e| Error::File {
-            what,
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })
+        .map_err(|e| error(e.to_string()))
 }
 
 /// Checks `PUT /boot-source`: the kernel and initrd can be opened.
@@ -440,6 +447,27 @@ mod tests {
             io_engine: None,
             socket: None,
         }
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let fifo = std::env::temp_dir().join(format!("kvmkit-config-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_file(&fifo);
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads a NUL-terminated path that lives through the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let boot = BootSource {
+            kernel_image_path: fifo.clone(),
+            boot_args: None,
+            initrd_path: None,
+        };
+        let e = check_boot_source(&boot).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = drive(&drive_at("data", &fifo, false))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::remove_file(fifo).unwrap();
     }
 
     #[test]
