@@ -164,27 +164,48 @@ pub fn allowed(kind: ThreadKind) -> Vec<i64> {
     all
 }
 
-/// The conditions on a call (empty: any arguments). `socket` only makes Unix sockets: glibc's
-/// `if_nametoindex` (does a tap exist?) needs one; no kvmkit thread talks IP. `mmap` and `mprotect`
-/// never make memory executable: kvmkit maps guest RAM, files and thread stacks, none of them code,
-/// so a subverted thread cannot make room for code of its own.
+/// The ioctl types (bits 8 to 15 of the request) kvmkit uses: KVM's, `'T'` (TUN/TAP's `TUNSET*`,
+/// and the terminal's and `FIONBIO`, which share the letter) and the socket interface ones
+/// (`SIOCGIFINDEX`, for glibc's `if_nametoindex`). Any other driver's ioctl is refused.
+pub const IOCTL_TYPES: [u8; 3] = [0xae, b'T', 0x89];
+
+/// The conditions on a call (empty: any arguments); a call is allowed if one of its rules holds.
+/// `socket` only makes Unix sockets: glibc's `if_nametoindex` (does a tap exist?) needs one; no
+/// kvmkit thread talks IP. `mmap` and `mprotect` never make memory executable: kvmkit maps guest
+/// RAM, files and thread stacks, none of them code, so a subverted thread cannot make room for
+/// code of its own. `ioctl` only with a request of one of [`IOCTL_TYPES`].
 pub fn rules(syscall: i64) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
-    let condition = if syscall == SYS_socket {
-        SeccompCondition::new(
+    let conditions = if syscall == SYS_socket {
+        vec![SeccompCondition::new(
             0,
             SeccompCmpArgLen::Dword,
             SeccompCmpOp::Eq,
             libc::AF_UNIX as u64,
-        )?
+        )?]
     } else if syscall == SYS_mmap || syscall == SYS_mprotect {
-        SeccompCondition::new(
+        vec![SeccompCondition::new(
             2,
             SeccompCmpArgLen::Dword,
             SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
             0,
-        )?
+        )?]
+    } else if syscall == SYS_ioctl {
+        IOCTL_TYPES
+            .iter()
+            .map(|&t| {
+                SeccompCondition::new(
+                    1,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::MaskedEq(0xff00),
+                    u64::from(t) << 8,
+                )
+            })
+            .collect::<Result<_, _>>()?
     } else {
         return Ok(Vec::new());
     };
-    Ok(vec![SeccompRule::new(vec![condition])?])
+    conditions
+        .into_iter()
+        .map(|c| SeccompRule::new(vec![c]))
+        .collect()
 }

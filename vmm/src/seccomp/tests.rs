@@ -8,8 +8,8 @@ use super::*;
 
 /// Set in the child: the kind whose filter it installs.
 const CHILD: &str = "KVMKIT_SECCOMP_TEST_KIND";
-/// Set in the child: the forbidden call it makes, `socket` (an IPv4 socket) or `mmap` (executable
-/// memory).
+/// Set in the child: the forbidden call it makes, `socket` (an IPv4 socket), `mmap` (executable
+/// memory) or `ioctl` (a file system's: `FS_IOC_GETFLAGS`).
 const CALL: &str = "KVMKIT_SECCOMP_TEST_CALL";
 
 /// The child's side: install `kind`'s filter on a new thread, write (on every list), map memory
@@ -43,6 +43,19 @@ fn child(kind: &str, call: &str) {
         eprintln!("data mapped: {}", map(libc::PROT_READ | libc::PROT_WRITE));
         if call == "mmap" {
             eprintln!("still running: {}", map(libc::PROT_READ | libc::PROT_EXEC));
+        } else if call == "ioctl" {
+            if allowed(kind).contains(&libc::SYS_ioctl) {
+                // A terminal ioctl on a pipe: allowed, and answered ENOTTY.
+                // SAFETY: TCGETS writes one termios into `t`, which lives through the call.
+                let mut t: libc::termios = unsafe { std::mem::zeroed() };
+                // SAFETY: as above; fd 2 is the test's stderr.
+                let r = unsafe { libc::ioctl(2, libc::TCGETS, &mut t) };
+                eprintln!("terminal ioctl made: {}", r == 0 || r == -1);
+            }
+            let mut flags: libc::c_long = 0;
+            // SAFETY: FS_IOC_GETFLAGS writes one long into `flags`; the filter stops it first.
+            let r = unsafe { libc::ioctl(2, 0x8008_6601, &mut flags) };
+            eprintln!("still running: {r}");
         } else {
             let socket = std::net::UdpSocket::bind("127.0.0.1:0");
             eprintln!("still running: {socket:?}");
@@ -60,9 +73,13 @@ fn every_kind_refuses_a_call_outside_its_list() {
     }
     let me = std::env::current_exe().unwrap();
     for (kind, (call, nr)) in ThreadKind::ALL.into_iter().flat_map(|k| {
-        [("socket", libc::SYS_socket), ("mmap", libc::SYS_mmap)]
-            .into_iter()
-            .map(move |c| (k, c))
+        [
+            ("socket", libc::SYS_socket),
+            ("mmap", libc::SYS_mmap),
+            ("ioctl", libc::SYS_ioctl),
+        ]
+        .into_iter()
+        .map(move |c| (k, c))
     }) {
         let out = Command::new(&me)
             .args([
@@ -126,6 +143,7 @@ fn every_list_builds_and_no_list_has_the_calls_no_thread_needs() {
         assert_eq!(lists::rules(libc::SYS_socket).unwrap().len(), 1);
         assert_eq!(lists::rules(libc::SYS_mmap).unwrap().len(), 1);
         assert_eq!(lists::rules(libc::SYS_mprotect).unwrap().len(), 1);
+        assert_eq!(lists::rules(libc::SYS_ioctl).unwrap().len(), 3);
     }
 }
 
