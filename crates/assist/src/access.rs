@@ -7,8 +7,6 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::cpu::GuestCpu;
 
-const PAGE: u64 = 4096;
-
 /// Why guest memory could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AccessError {
@@ -96,10 +94,7 @@ fn by_page(
     len: usize,
     mut each: impl FnMut(usize, u64, usize) -> bool,
 ) -> (usize, Option<AccessError>) {
-    let mut done = 0;
-    while done < len {
-        let addr = linear.wrapping_add(done as u64);
-        let in_page = (PAGE - addr % PAGE).min((len - done) as u64) as usize;
+    for (done, addr, in_page) in crate::paging::split_at_pages(linear, len) {
         let physical = match cpu.translate(addr) {
             Ok(Some(p)) => p,
             Ok(None) => return (done, Some(AccessError::NotMapped(addr))),
@@ -114,7 +109,6 @@ fn by_page(
                 }),
             );
         }
-        done += in_page;
     }
-    (done, None)
+    (len, None)
 }

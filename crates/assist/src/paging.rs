@@ -108,6 +108,22 @@ pub fn write(
     Ok(())
 }
 
+/// `len` bytes at `linear` cut at 4 KiB page boundaries: (offset, linear address, bytes) of each
+/// piece, in order. Linear addresses wrap at the top of the address space, as the CPU's do.
+pub(crate) fn split_at_pages(linear: u64, len: usize) -> impl Iterator<Item = (usize, u64, usize)> {
+    const PAGE: u64 = 4096;
+    let mut done = 0;
+    std::iter::from_fn(move || {
+        (done < len).then(|| {
+            let at = linear.wrapping_add(done as u64);
+            let n = (PAGE - at % PAGE).min((len - done) as u64) as usize;
+            let piece = (done, at, n);
+            done += n;
+            piece
+        })
+    })
+}
+
 /// The pieces of `len` bytes at `linear`, one per page: (offset, guest-physical address, bytes).
 fn pages(
     memory: &GuestMemoryMmap,
@@ -117,23 +133,18 @@ fn pages(
     len: usize,
     access: Access,
 ) -> Result<Vec<(usize, u64, usize)>, Fault> {
-    const PAGE: u64 = 4096;
-    let mut pieces = Vec::new();
-    let mut done = 0;
-    while done < len {
-        let at = linear.wrapping_add(done as u64);
-        let n = (PAGE - at % PAGE).min((len - done) as u64) as usize;
-        let physical = translate(memory, sregs, flags, at, access)?;
-        if !GuestMemoryBackend::check_range(memory, GuestAddress(physical), n) {
-            return Err(Fault::NotRam {
-                linear: at,
-                physical,
-            });
-        }
-        pieces.push((done, physical, n));
-        done += n;
-    }
-    Ok(pieces)
+    split_at_pages(linear, len)
+        .map(|(done, at, n)| {
+            let physical = translate(memory, sregs, flags, at, access)?;
+            if !GuestMemoryBackend::check_range(memory, GuestAddress(physical), n) {
+                return Err(Fault::NotRam {
+                    linear: at,
+                    physical,
+                });
+            }
+            Ok((done, physical, n))
+        })
+        .collect()
 }
 
 /// Translates `linear` for `access` from the vCPU state `sregs` and `flags` (RFLAGS), setting the
@@ -285,6 +296,18 @@ mod tests {
 
     fn put32(m: &GuestMemoryMmap, at: u64, v: u32) {
         m.write_obj(v, GuestAddress(at)).unwrap();
+    }
+
+    #[test]
+    fn accesses_are_cut_at_page_boundaries_and_wrap_at_the_top() {
+        let pieces = |at, len| split_at_pages(at, len).collect::<Vec<_>>();
+        assert_eq!(pieces(0x1ffe, 4), vec![(0, 0x1ffe, 2), (2, 0x2000, 2)]);
+        assert_eq!(pieces(0x3000, 4096), vec![(0, 0x3000, 4096)]);
+        assert_eq!(
+            pieces(u64::MAX - 1, 4),
+            vec![(0, u64::MAX - 1, 2), (2, 0, 2)]
+        );
+        assert_eq!(pieces(0x5000, 0), vec![]);
     }
 
     #[test]
