@@ -1,12 +1,13 @@
 //! Tiny guests back to back, for tools/soak: each prints a line on COM1 and resets; this process
 //! creates, runs and drops one VM after another and, every `--every` VMs, prints its open file
-//! descriptors, threads and resident memory. A leak shows as a column that grows.
+//! descriptors, threads, resident memory and the anonymous part of it. A leak shows as a column
+//! that grows.
 //!
 //! ```text
 //! kvmkit-soak-tiny [VMS] [EVERY]     (defaults: 500, 50)
-//! vms fds threads rss_kib
-//! 0 5 1 9876
-//! 50 5 1 10012
+//! vms fds threads rss_kib anon_kib
+//! 0 5 1 9876 1200
+//! 50 5 1 10012 1320
 //! ```
 
 use kvmkit::Outcome;
@@ -16,12 +17,14 @@ fn count(dir: &str) -> usize {
     std::fs::read_dir(dir).map(Iterator::count).unwrap_or(0)
 }
 
-fn rss_kib() -> u64 {
+/// A `/proc/self/status` field in KiB: `VmRSS` (all resident memory, the binary's pages too) or
+/// `RssAnon` (the heap, stacks and other anonymous memory: where a leak shows).
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
@@ -43,14 +46,15 @@ fn main() {
             std::process::exit(2);
         }
     };
-    println!("vms fds threads rss_kib");
+    println!("vms fds threads rss_kib anon_kib");
     for i in 0..=vms {
         if i % every == 0 {
             println!(
-                "{i} {} {} {}",
+                "{i} {} {} {} {}",
                 count("/proc/self/fd"),
                 count("/proc/self/task"),
-                rss_kib()
+                status_kib("VmRSS:"),
+                status_kib("RssAnon:")
             );
         }
         if i == vms {
