@@ -1,9 +1,11 @@
 #![doc = include_str!("../README.md")]
 
 pub mod block;
+pub mod console;
 pub mod net;
 pub mod rng;
 
 pub use block::{Block, BlockConfig};
+pub use console::Console;
 pub use net::{Net, NetConfig};
 pub use rng::{Rng, RngConfig};
