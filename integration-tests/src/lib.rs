@@ -228,6 +228,7 @@ pub fn output_until(
 pub struct Background {
     child: std::process::Child,
     stdout_seen: Arc<Mutex<Vec<u8>>>,
+    stderr_seen: Arc<Mutex<Vec<u8>>>,
     stdout: std::thread::JoinHandle<String>,
     stderr: std::thread::JoinHandle<String>,
 }
@@ -243,10 +244,11 @@ impl Background {
             .spawn()
             .expect("start the command");
         let (stdout, stdout_seen) = read_in_thread(child.stdout.take());
-        let (stderr, _) = read_in_thread(child.stderr.take());
+        let (stderr, stderr_seen) = read_in_thread(child.stderr.take());
         Self {
             child,
             stdout_seen,
+            stderr_seen,
             stdout,
             stderr,
         }
@@ -262,15 +264,29 @@ impl Background {
         String::from_utf8_lossy(&lock(&self.stdout_seen)).into_owned()
     }
 
+    /// Its stderr so far.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&lock(&self.stderr_seen)).into_owned()
+    }
+
     /// Waits until its stdout contains `marker`; false if `limit` passed first or it exited.
     pub fn wait_for_stdout(&self, marker: &str, limit: std::time::Duration) -> bool {
+        self.wait_for(&self.stdout_seen, marker, limit)
+    }
+
+    /// Waits until its stderr contains `marker`; false if `limit` passed first or it exited.
+    pub fn wait_for_stderr(&self, marker: &str, limit: std::time::Duration) -> bool {
+        self.wait_for(&self.stderr_seen, marker, limit)
+    }
+
+    fn wait_for(&self, seen: &Mutex<Vec<u8>>, marker: &str, limit: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + limit;
         while std::time::Instant::now() < deadline {
-            if contains(&lock(&self.stdout_seen), marker.as_bytes()) {
+            if contains(&lock(seen), marker.as_bytes()) {
                 return true;
             }
             if self.has_exited() {
-                return contains(&lock(&self.stdout_seen), marker.as_bytes());
+                return contains(&lock(seen), marker.as_bytes());
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }

@@ -17,6 +17,9 @@
  *   blkbench        measure /dev/vda (O_DIRECT: sequential 1 MiB writes and reads over 32 MiB, then
  *                   4 KiB reads at pseudo-random offsets) and print KVMKIT-BLKBENCH with the rates
  *   virtio          list the virtio devices the kernel bound: KVMKIT-VIRTIO count=N ids=...
+ *   hvc             write KVMKIT-HVC-OK to the virtio console (/dev/hvc0) and say so on the console
+ *   hvcecho         after `hvc`: read one line from /dev/hvc0 and write it back there as
+ *                   KVMKIT-HVC-ECHO <line> (the host must type it)
  *   rng             the hardware RNG the kernel uses, and bytes read from /dev/hwrng
  *   net             configure eth0 (init_net.c), ping the host, and move a byte stream over TCP
  *                   each way, checked byte for byte
@@ -423,6 +426,35 @@ static void rng_check(long out)
 	say(out);
 }
 
+/* "KVMKIT-HVC open=FD write=N": KVMKIT-HVC-OK written to the virtio console; with `echo`, one line
+ * read from it and written back as "KVMKIT-HVC-ECHO <line>" (then "KVMKIT-HVC-ECHOED n=N"). */
+static void hvc_check(long out, int echo)
+{
+	mount_sys();
+	long fd = sys3(SYS_open, (long)"/dev/hvc0", 02 | 0400 /* O_RDWR|O_NOCTTY */, 0);
+	static const char ok[] = "KVMKIT-HVC-OK written through hvc0\n";
+	long w = fd < 0 ? fd : sys3(SYS_write, fd, (long)ok, sizeof(ok) - 1);
+	put("KVMKIT-HVC open=");
+	put_num(fd);
+	put(" write=");
+	put_num(w);
+	say(out);
+	if (!echo || fd < 0)
+		return;
+	/* The terminal is in canonical mode: one read returns one line. */
+	long n = sys3(SYS_read, fd, (long)small, sizeof(small) - 1);
+	if (n > 0 && small[n - 1] == '\n')
+		n--;
+	small[n > 0 ? n : 0] = 0;
+	put("KVMKIT-HVC-ECHO ");
+	put(small);
+	say(fd);
+	put("KVMKIT-HVC-ECHOED n=");
+	put_num(n);
+	say(out);
+	sys3(SYS_close, fd, 0, 0);
+}
+
 /* `sp` is the initial stack: argc, argv[0..argc], NULL, envp..., NULL. */
 void init_main(long *sp)
 {
@@ -451,6 +483,8 @@ void init_main(long *sp)
 		virtio_check(fd);
 	if (has_item(checks, "rng"))
 		rng_check(fd);
+	if (has_item(checks, "hvc") || has_item(checks, "hvcecho"))
+		hvc_check(fd, has_item(checks, "hvcecho"));
 	if (disk)
 		disk_checks(fd);
 	if (has_item(checks, "net")) {

@@ -202,7 +202,7 @@ fn command() -> Command {
                 .long("serial")
                 .value_name("MODE")
                 .default_value("stdio")
-                .help("Serial console: stdio, file=PATH or off"),
+                .help("Serial console (COM1, ttyS0): stdio (or tty), file=PATH, or off (or null)"),
         )
         .arg(
             Arg::new("acpi")
@@ -249,6 +249,17 @@ fn command() -> Command {
                 .value_name("on|off")
                 .default_value("on")
                 .help("A virtio-rng entropy source backed by the host's getrandom(2)"),
+        )
+        .arg(
+            Arg::new("console")
+                .long("console")
+                .value_name("off|null|tty|pty|file=PATH")
+                .default_value("off")
+                .help(
+                    "A virtio console, the guest's hvc0 (add console=hvc0 to its command line): \
+                     kvmkit's terminal (tty: give --serial another mode), a new pseudo-terminal \
+                     whose path kvmkit prints (pty), a file, or null",
+                ),
         )
         .arg(
             Arg::new("seccomp")
@@ -378,8 +389,13 @@ where
             .map(|n| devices::parse_net(n))
             .collect::<Result<_, _>>()?,
         rng: devices::parse_rng(&get("rng"))?,
+        console: devices::parse_console(&get("console"))?,
     };
     devices.validate()?;
+    let serial = get("serial").parse::<SerialMode>()?;
+    if serial == SerialMode::Stdio && devices.console == Some(devices::ConsoleMode::Tty) {
+        return Err(config::Error::TerminalTwice.into());
+    }
     let config = VmConfig {
         boot: BootConfig {
             kernel: m.get_one::<PathBuf>("kernel").cloned().unwrap_or_default(),
@@ -395,7 +411,7 @@ where
             instruction_assist: get("instruction-assist").parse().map_err(Error::Usage)?,
         },
         devices,
-        serial: get("serial").parse::<SerialMode>()?,
+        serial,
         boot_timeline: m
             .get_one::<String>("boot-timeline")
             .map(|f| match f.as_str() {
@@ -440,6 +456,42 @@ mod tests {
 
     fn run(args: &[&str]) -> Result<VmConfig, Error> {
         invocation(args).map(|i| i.vm)
+    }
+
+    #[test]
+    fn console_modes_and_one_terminal() {
+        use crate::config::devices::ConsoleMode;
+        let console = |args: &[&str]| invocation(args).map(|i| i.vm.devices.console);
+        assert_eq!(console(&["--kernel", "k"]).unwrap(), None);
+        assert_eq!(
+            console(&["--kernel", "k", "--console", "pty"]).unwrap(),
+            Some(ConsoleMode::Pty)
+        );
+        assert_eq!(
+            console(&["--kernel", "k", "--console", "file=/tmp/hvc.log"]).unwrap(),
+            Some(ConsoleMode::File("/tmp/hvc.log".into()))
+        );
+        assert_eq!(
+            console(&["--kernel", "k", "--serial", "off", "--console", "tty"]).unwrap(),
+            Some(ConsoleMode::Tty)
+        );
+        let twice = console(&["--kernel", "k", "--console", "tty"]).unwrap_err();
+        assert!(
+            twice.to_string().contains("both want kvmkit's terminal"),
+            "{twice}"
+        );
+        let bad = console(&["--kernel", "k", "--console", "socket"]).unwrap_err();
+        assert!(
+            bad.to_string().contains("invalid --console 'socket'"),
+            "{bad}"
+        );
+        assert_eq!(
+            invocation(&["--kernel", "k", "--serial", "tty"])
+                .unwrap()
+                .vm
+                .serial,
+            SerialMode::Stdio
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use assist::Assist;
 
+use crate::config::devices::ConsoleMode;
 use crate::config::{SerialMode, VmConfig};
 use crate::outcome::{EXIT_BAD_INPUT, EXIT_GUEST_ERROR};
 use crate::run::{self, Input, RunningVm};
@@ -55,7 +56,9 @@ fn build_error_code(e: &vm::Error) -> i32 {
     match e {
         vm::Error::Memory(R::TooSmall(_) | R::TooLarge(_) | R::Unaligned(_)) => EXIT_BAD_INPUT,
         vm::Error::Accel(accel::Error::VcpuId { .. }) => EXIT_BAD_INPUT,
-        vm::Error::Devices(D::Disk(_) | D::Net(_) | D::TooMany { .. }) => EXIT_BAD_INPUT,
+        vm::Error::Devices(D::Disk(_) | D::Net(_) | D::TooMany { .. } | D::Console(_)) => {
+            EXIT_BAD_INPUT
+        }
         vm::Error::Machine(
             M::Open { .. }
             | M::KernelFormat(_)
@@ -129,7 +132,7 @@ pub fn launch(config: &VmConfig, timeline: Arc<Timeline>) -> Result<Launched, La
             }
         );
     }
-    let (input, raw) = console_input(&config.serial);
+    let (input, raw) = console_input(config);
     let running = run::start(vm, input).map_err(|e| LaunchError::new(EXIT_GUEST_ERROR, &e))?;
     Ok(Launched {
         running,
@@ -169,7 +172,7 @@ pub fn launch_restore(
     vm.restore_snapshot(&state)
         .map_err(|e| LaunchError::new(EXIT_BAD_INPUT, &e))?;
     let assist = vm.assist().cloned();
-    let (input, raw) = console_input(&config.serial);
+    let (input, raw) = console_input(&config);
     let running =
         run::start_with(vm, input, !resume).map_err(|e| LaunchError::new(EXIT_GUEST_ERROR, &e))?;
     Ok((
@@ -182,11 +185,14 @@ pub fn launch_restore(
     ))
 }
 
-/// Where console input comes from, and the terminal's raw mode while the VM runs.
-fn console_input(serial: &SerialMode) -> (Input, Option<RawModeGuard>) {
-    match serial {
-        SerialMode::Stdio if !crate::terminal::stdin_is_background_terminal() => {
-            (Input::Stdin, RawModeGuard::new())
+/// Where the UART's input comes from, and the terminal's raw mode while the VM runs (for the UART
+/// on stdio, or the virtio console on kvmkit's terminal, `--console tty`).
+fn console_input(config: &VmConfig) -> (Input, Option<RawModeGuard>) {
+    let background = crate::terminal::stdin_is_background_terminal();
+    match &config.serial {
+        SerialMode::Stdio if !background => (Input::Stdin, RawModeGuard::new()),
+        _ if config.devices.console == Some(ConsoleMode::Tty) && !background => {
+            (Input::None, RawModeGuard::new())
         }
         _ => (Input::None, None),
     }

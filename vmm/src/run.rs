@@ -356,6 +356,8 @@ pub fn start_with(mut vm: Vm, input: Input, paused: bool) -> Result<RunningVm, E
         .map_err(Error::Spawn)?,
     );
     let device_counters = devices.counters();
+    let mut devices = devices;
+    let other_consoles = devices.take_console_drains();
     let handle_timeline = timeline.clone();
     // The VM's fd (and with it the irqfds), its RAM and its devices must outlive every vCPU thread:
     // the event-loop thread owns them and drops them only after it has stopped the vCPUs.
@@ -373,12 +375,14 @@ pub fn start_with(mut vm: Vm, input: Input, paused: bool) -> Result<RunningVm, E
             timeline.mark(crate::timeline::Event::GuestShutdown);
             loop_group.stop();
             // The guest's last words reach the console, unless nobody reads it.
-            if !loop_console.finish(CONSOLE_DRAIN) {
-                log::warn!(
-                    "guest console output not written: its reader is stalled or gone ({} bytes \
-                     dropped in all)",
-                    loop_console.dropped()
-                );
+            for console in std::iter::once(&loop_console).chain(&other_consoles) {
+                if !console.finish(CONSOLE_DRAIN) {
+                    log::warn!(
+                        "guest console output not written: its reader is stalled or gone ({} \
+                         bytes dropped in all)",
+                        console.dropped()
+                    );
+                }
             }
             drop(manager);
             drop(keep_alive);

@@ -21,6 +21,46 @@ pub struct DevicesConfig {
     pub nets: Vec<NetConfig>,
     /// The virtio-rng entropy source, if any.
     pub rng: Option<RngConfig>,
+    /// The virtio console (`hvc0`), if any, and where it goes.
+    #[serde(default)]
+    pub console: Option<ConsoleMode>,
+}
+
+/// Where the virtio console (`--console`) goes. Its output never blocks the guest: it goes through
+/// a bounded buffer and a thread of its own, as the UART's does.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ConsoleMode {
+    /// Output discarded, no input: the guest still has the device.
+    Null,
+    /// kvmkit's own terminal: output to stdout, input from stdin (raw mode when stdin is a
+    /// terminal).
+    Tty,
+    /// A new pseudo-terminal, whose path kvmkit prints (`screen`, `minicom` or a test attach to
+    /// it).
+    Pty,
+    /// Output appended to a file; no input.
+    File(PathBuf),
+}
+
+/// Parses `--console off|null|tty|pty|file=PATH` (Cloud Hypervisor's syntax); `off` is no device.
+///
+/// ```
+/// use kvmkit::config::devices::{ConsoleMode, parse_console};
+/// assert_eq!(parse_console("pty").unwrap(), Some(ConsoleMode::Pty));
+/// assert_eq!(parse_console("off").unwrap(), None);
+/// assert!(parse_console("file=").is_err());
+/// ```
+pub fn parse_console(s: &str) -> Result<Option<ConsoleMode>, Error> {
+    match s {
+        "off" => Ok(None),
+        "null" => Ok(Some(ConsoleMode::Null)),
+        "tty" => Ok(Some(ConsoleMode::Tty)),
+        "pty" => Ok(Some(ConsoleMode::Pty)),
+        _ => match s.strip_prefix("file=") {
+            Some(path) if !path.is_empty() => Ok(Some(ConsoleMode::File(PathBuf::from(path)))),
+            _ => Err(Error::Console(s.to_owned())),
+        },
+    }
 }
 
 impl DevicesConfig {

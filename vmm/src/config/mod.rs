@@ -26,8 +26,8 @@ pub enum Error {
     /// A vCPU count that does not parse or is out of range.
     #[error("invalid --cpus '{0}': expected a number of vCPUs from 1 to {1}, or boot=N")]
     Cpus(String, u32),
-    /// A `--serial` value that is not `stdio`, `off` or `file=PATH`.
-    #[error("invalid --serial '{0}': expected stdio, off or file=PATH")]
+    /// A `--serial` value that is not `stdio` (`tty`), `off` (`null`) or `file=PATH`.
+    #[error("invalid --serial '{0}': expected stdio (or tty), off (or null) or file=PATH")]
     Serial(String),
     /// A `--disk` value that does not parse.
     #[error("invalid --disk '{0}': {1}; expected path=FILE[,readonly=on|off][,serial=ID]")]
@@ -38,6 +38,15 @@ pub enum Error {
     /// Two network devices with the same id or tap.
     #[error("--net: {0} '{1}' is given twice")]
     NetTwice(&'static str, String),
+    /// A `--console` value that is not off, null, tty, pty or file=PATH.
+    #[error("invalid --console '{0}': expected off, null, tty, pty or file=PATH")]
+    Console(String),
+    /// The serial console and the virtio console both asked for kvmkit's terminal.
+    #[error(
+        "--serial stdio and --console tty both want kvmkit's terminal: give one of them another \
+         mode (e.g. --serial off --console tty)"
+    )]
+    TerminalTwice,
     /// A `--rng` value that is not on or off.
     #[error("invalid --rng '{0}': expected on or off")]
     Rng(String),
@@ -67,7 +76,7 @@ impl std::str::FromStr for SerialMode {
 
     fn from_str(s: &str) -> Result<Self, Error> {
         match s {
-            "stdio" => Ok(Self::Stdio),
+            "stdio" | "tty" => Ok(Self::Stdio),
             "off" | "null" => Ok(Self::Off),
             _ => match s.strip_prefix("file=") {
                 Some(path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),

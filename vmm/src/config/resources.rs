@@ -320,6 +320,8 @@ impl VmResources {
                 .map(network_interface)
                 .collect::<Result<_, _>>()?,
             rng: self.entropy.as_ref().map(entropy).transpose()?,
+            // Firecracker's configuration has no console: the command line's.
+            console: base.devices.console.clone(),
         };
         let mut config = base.clone();
         config.boot = BootConfig {

@@ -1,6 +1,6 @@
 //! Every kind of virtio device kvmkit can give a guest, made from its configuration: one line per
 //! kind (docs/architecture.md, "Adding a device"). The order is the order the guest finds them in:
-//! disks (vda, vdb...), network cards (eth0...), the entropy source.
+//! disks (vda, vdb...), network cards (eth0...), the entropy source, the console (hvc0).
 
 use memory::GuestMemoryMmap;
 use virtio_devices::{Block, Net, Rng};
@@ -30,7 +30,10 @@ pub fn add_configured(
     mem: &GuestMemoryMmap,
     config: &DevicesConfig,
 ) -> Result<(), Error> {
-    let asked = config.disks.len() + config.nets.len() + usize::from(config.rng.is_some());
+    let asked = config.disks.len()
+        + config.nets.len()
+        + usize::from(config.rng.is_some())
+        + usize::from(config.console.is_some());
     let mut placed = 0;
     let mut place = |dm: &mut DeviceManager, name: &str, device| -> Result<(), Error> {
         match dm.add_virtio(vm, mem, name, device) {
@@ -55,6 +58,14 @@ pub fn add_configured(
     }
     if let Some(rng) = &config.rng {
         place(dm, "rng0", Box::new(Rng::new("rng0", rng)))?;
+    }
+    if let Some(mode) = &config.console {
+        let console = super::hvc::make("hvc0", mode)?;
+        if let Some(path) = &console.pty {
+            eprintln!("kvmkit: virtio console (hvc0) on {}", path.display());
+        }
+        dm.console_drains.extend(console.drain);
+        place(dm, "hvc0", Box::new(console.device))?;
     }
     Ok(())
 }

@@ -14,6 +14,7 @@
 //! ```
 
 mod catalog;
+pub mod hvc;
 mod legacy;
 mod virtio;
 
@@ -56,10 +57,13 @@ pub enum Error {
     /// A network device's tap cannot be used.
     #[error(transparent)]
     Net(#[from] virtio_devices::net::Error),
+    /// The virtio console's host side cannot be set up.
+    #[error(transparent)]
+    Console(#[from] hvc::Error),
     /// More virtio devices than free interrupt lines (each device has a line of its own).
     #[error(
-        "too many virtio devices: {asked} asked for (disks, network cards and the entropy \
-         device together), room for {room}"
+        "too many virtio devices: {asked} asked for (disks, network cards, the entropy device \
+         and the console together), room for {room}"
     )]
     TooMany {
         /// Disks, network cards and the rng asked for.
@@ -92,6 +96,8 @@ pub struct DeviceManager {
     ospm_probe: Option<u16>,
     power_button: Option<u32>,
     virtio: Vec<VirtioSlot>,
+    /// The output buffers of consoles other than the UART, drained at the VM's end.
+    console_drains: Vec<crate::console_buffer::ConsoleDrain>,
 }
 
 impl DeviceManager {
@@ -107,7 +113,13 @@ impl DeviceManager {
             ospm_probe: None,
             power_button: None,
             virtio: Vec::new(),
+            console_drains: Vec::new(),
         }
+    }
+
+    /// The output buffers of the virtio consoles, for the VM's end to drain (taken once).
+    pub fn take_console_drains(&mut self) -> Vec<crate::console_buffer::ConsoleDrain> {
+        std::mem::take(&mut self.console_drains)
     }
 
     /// The buses, shared with the vCPU threads.

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Permission, Rule};
 use crate::config::VmConfig;
+use crate::config::devices::ConsoleMode;
 use crate::config::firecracker::VmResources;
 
 /// Host files kvmkit opens for every VM: KVM, the host's memory size (to refuse a guest larger than
@@ -66,7 +67,7 @@ impl Plan {
     }
 
     /// What `config` opens: kernel, initramfs, disks (read-only ones for reading), the TUN device
-    /// for its network cards, its serial file.
+    /// for its network cards, its serial and console files, a console's pseudo-terminal.
     pub fn vm(&mut self, config: &VmConfig) {
         self.existing(&config.boot.kernel, Permission::Read);
         if let Some(initramfs) = &config.boot.initramfs {
@@ -85,6 +86,15 @@ impl Plan {
         }
         if let crate::config::SerialMode::File(path) = &config.serial {
             self.output(path);
+        }
+        match &config.devices.console {
+            Some(ConsoleMode::File(path)) => self.output(path),
+            Some(ConsoleMode::Pty) => {
+                // A new pseudo-terminal: the multiplexer, and the terminal it makes.
+                self.existing(Path::new("/dev/ptmx"), Permission::ReadWrite);
+                self.existing(Path::new("/dev/pts"), Permission::ReadWrite);
+            }
+            _ => {}
         }
     }
 

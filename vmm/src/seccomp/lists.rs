@@ -56,7 +56,8 @@ const EVERY_THREAD: &[i64] = &[
 ];
 
 /// A device worker: its event loop (epoll on queue eventfds and a tap), guest buffers to and from
-/// a disk image (positioned I/O, flush, discard) or a tap (read/write with vectors).
+/// a disk image (positioned I/O, flush, discard) or a tap (read/write with vectors), a console's
+/// input (poll without waiting, then read).
 const DEVICE: &[i64] = &[
     SYS_epoll_create1,
     SYS_epoll_ctl,
@@ -67,6 +68,8 @@ const DEVICE: &[i64] = &[
     SYS_fcntl,
     SYS_fdatasync,
     SYS_fsync,
+    SYS_poll,
+    SYS_ppoll,
     SYS_pread64,
     SYS_preadv,
     SYS_pwrite64,
