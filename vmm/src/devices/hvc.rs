@@ -1,6 +1,6 @@
 //! The virtio console's host side (`--console`): where the guest's `hvc0` output goes and its
 //! input comes from. Output goes through the same bounded buffer and writer thread as the UART's
-//! ([`console_buffer`](crate::console_buffer)), so a reader that stalls never holds up the guest.
+//! ([`crate::console_buffer`]), so a reader that stalls never holds up the guest.
 
 use std::fs::File;
 use std::io::{self, Read};
