@@ -3,7 +3,7 @@
 # (e2fsprogs), the API tests (curl), the snapshot test (ping) and the benchmarks (QEMU, strace, the
 # peer in tools/bench) need, builds kvmkit (release) and the test guest (tools/guest/build.sh, cached
 # after the first run), and fetches Debian's cloud kernel for the instruction-assist boot test
-# (tools/guest/debian-kernel.sh).
+# (tools/guest/debian-kernel.sh). tmux drives the guest terminal test; util-linux (unshare) the full-disk test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +14,7 @@ fi
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
 pkgs=(linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils lz4 e2fsprogs
-      qemu-system-x86 python3 iproute2 iputils-ping curl strace)
+      qemu-system-x86 python3 iproute2 iputils-ping curl strace tmux util-linux)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

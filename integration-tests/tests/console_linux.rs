@@ -1,7 +1,11 @@
-//! The virtio console (hvc0) with a real kernel, driven through its pseudo-terminal as a person at
-//! `screen` would: kvmkit (under `--landlock`) prints the pty's path, the guest's init writes a line
-//! to /dev/hvc0, the test types a line into the pty, and the guest reads it from hvc0 and writes
-//! it back.
+//! The virtio console (hvc0) with a real kernel, driven as a person would:
+//! - through its pseudo-terminal (`--console pty`, under `--landlock`): kvmkit prints the pty's path,
+//!   the guest's init writes a line to /dev/hvc0, and the test types commands into the pty for the
+//!   test init's shell on hvc0 and reads their output, including the terminal's size before and
+//!   after the test sets the pty's size as a terminal emulator would;
+//! - through tmux (`--console tty` in a tmux session): the test init's shell on hvc0 gets commands
+//!   typed with `tmux send-keys`, and the test reads their output from the screen, including the
+//!   terminal's size before and after tmux resizes the window.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -11,14 +15,22 @@ use std::time::{Duration, Instant};
 
 use kvmkit_integration_tests::{Background, guest_cmdline, guest_dir};
 
-/// Reads `pty` until what was read contains `marker` (or fails the test after `limit`).
-fn read_until(pty: &mut std::fs::File, seen: &mut String, marker: &str, limit: Duration) {
+/// Reads `pty` until what was read contains `marker` (or fails the test after `limit`, showing
+/// what kvmkit said).
+fn read_until(
+    pty: &mut std::fs::File,
+    seen: &mut String,
+    marker: &str,
+    limit: Duration,
+    kvmkit: &Background,
+) {
     let deadline = Instant::now() + limit;
     let mut buf = [0u8; 1024];
     while !seen.contains(marker) {
         assert!(
             Instant::now() < deadline,
-            "{marker:?} never came through the pty; it gave: {seen:?}"
+            "{marker:?} never came through the pty; it gave: {seen:?}\nkvmkit's stderr: {}",
+            kvmkit.stderr()
         );
         match pty.read(&mut buf) {
             Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
@@ -30,8 +42,21 @@ fn read_until(pty: &mut std::fs::File, seen: &mut String, marker: &str, limit: D
     }
 }
 
+/// Sets the terminal size of `pty` (as a terminal emulator attached to it does).
+fn set_size(pty: &std::fs::File, cols: u16, rows: u16) {
+    let ws = libc::winsize {
+        ws_col: cols,
+        ws_row: rows,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize, which `ws` is; the fd is the test's open pty.
+    let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(pty), libc::TIOCSWINSZ, &ws) };
+    assert_eq!(r, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+}
+
 #[test]
-fn a_line_typed_into_the_console_s_pty_reaches_the_guest_and_comes_back() {
+fn a_person_at_the_console_s_pty_types_commands_and_the_terminal_size_follows() {
     let guest = guest_dir();
     let kvmkit = Background::spawn(
         std::process::Command::new(env!("CARGO_BIN_EXE_kvmkit-e2e"))
@@ -41,7 +66,7 @@ fn a_line_typed_into_the_console_s_pty_reaches_the_guest_and_comes_back() {
             .arg(guest.join("initramfs.cpio"))
             .args([
                 "--cmdline",
-                &guest_cmdline("kvmkit_init=hvc,hvcecho"),
+                &guest_cmdline("kvmkit_init=hvc,shell,poweroff"),
                 "--memory",
                 "256M",
                 "--serial",
@@ -70,19 +95,26 @@ fn a_line_typed_into_the_console_s_pty_reaches_the_guest_and_comes_back() {
         .open(&path)
         .unwrap();
     let mut seen = String::new();
+    let long = Duration::from_secs(600);
+    let short = Duration::from_secs(60);
     read_until(
         &mut pty,
         &mut seen,
         "KVMKIT-HVC-OK written through hvc0",
-        Duration::from_secs(600),
+        long,
+        &kvmkit,
     );
-    pty.write_all(b"ping from the host\n").unwrap();
-    read_until(
-        &mut pty,
-        &mut seen,
-        "KVMKIT-HVC-ECHO ping from the host",
-        Duration::from_secs(120),
-    );
+    read_until(&mut pty, &mut seen, "kvmkit-guest# ", long, &kvmkit);
+    // The size kvmkit gives a new pty, then the one a terminal attached to it sets.
+    pty.write_all(b"size\r").unwrap();
+    read_until(&mut pty, &mut seen, "rows 24 cols 80", short, &kvmkit);
+    set_size(&pty, 100, 30);
+    std::thread::sleep(Duration::from_secs(2));
+    pty.write_all(b"size\r").unwrap();
+    read_until(&mut pty, &mut seen, "rows 30 cols 100", short, &kvmkit);
+    pty.write_all(b"echo typed into the pty\r").unwrap();
+    read_until(&mut pty, &mut seen, "\ntyped into the pty", short, &kvmkit);
+    pty.write_all(b"exit\r").unwrap();
     let (stdout, stderr, code) = kvmkit.finish(Duration::from_secs(120));
     let context =
         format!("--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}\n--- pty ---\n{seen}");
@@ -92,5 +124,127 @@ fn a_line_typed_into_the_console_s_pty_reaches_the_guest_and_comes_back() {
         !stdout.contains("KVMKIT-HVC open=-"),
         "hvc0 opened: {context}"
     );
-    assert!(stdout.contains("KVMKIT-HVC-ECHOED n=18"), "{context}");
+    assert!(stdout.contains("KVMKIT-SHELL-EXIT"), "{context}");
+}
+
+/// A tmux server of the test's own, for one session.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("run tmux (the tmux package)");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The session's screen and its scrollback.
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "guest", "-S", "-500"])
+    }
+
+    /// Waits until a line of the screen is `line` (trailing blanks ignored).
+    fn wait_for_line(&self, line: &str, limit: Duration) {
+        self.wait_for(line, limit, |l| l == line);
+    }
+
+    /// Waits until a line of the screen satisfies `ok` (`what` names it for a failure).
+    fn wait_for(&self, what: &str, limit: Duration, ok: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let screen = self.screen();
+            if screen.lines().any(|l| ok(l.trim_end())) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line {what:?} on the screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Types `keys` and Enter.
+    fn type_line(&self, keys: &str) {
+        self.run(&["send-keys", "-t", "guest", "-l", keys]);
+        self.run(&["send-keys", "-t", "guest", "Enter"]);
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+    }
+}
+
+/// Quotes `s` for the shell tmux runs the command with.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[test]
+fn a_person_at_tmux_types_commands_on_hvc0_and_reads_their_output() {
+    let guest = guest_dir();
+    let command = [
+        env!("CARGO_BIN_EXE_kvmkit-e2e").to_owned(),
+        "--kernel".into(),
+        guest.join("vmlinux").display().to_string(),
+        "--initramfs".into(),
+        guest.join("initramfs.cpio").display().to_string(),
+        "--cmdline".into(),
+        guest_cmdline("kvmkit_init=shell,poweroff"),
+        "--memory".into(),
+        "256M".into(),
+        "--serial".into(),
+        "off".into(),
+        "--console".into(),
+        "tty".into(),
+    ]
+    .iter()
+    .map(|a| quote(a))
+    .collect::<Vec<_>>()
+    .join(" ");
+    let tmux = Tmux {
+        socket: format!("kvmkit-test-{}", std::process::id()),
+    };
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "guest",
+        "-x",
+        "120",
+        "-y",
+        "40",
+        &format!("{command}; echo KVMKIT-EXIT $?; sleep 600"),
+    ]);
+    tmux.wait_for_line("kvmkit-guest#", Duration::from_secs(600));
+    tmux.type_line("uname");
+    tmux.wait_for("Linux 6.x", Duration::from_secs(60), |l| {
+        l.starts_with("Linux 6.")
+    });
+    tmux.type_line("echo hello from tmux");
+    tmux.wait_for_line("hello from tmux", Duration::from_secs(60));
+    // The guest's terminal has tmux's size, and follows it.
+    tmux.type_line("size");
+    tmux.wait_for_line("rows 40 cols 120", Duration::from_secs(60));
+    tmux.run(&["resize-window", "-t", "guest", "-x", "100", "-y", "30"]);
+    std::thread::sleep(Duration::from_millis(500));
+    tmux.type_line("size");
+    tmux.wait_for_line("rows 30 cols 100", Duration::from_secs(60));
+    tmux.type_line("nosuchcommand");
+    tmux.wait_for_line("sh: nosuchcommand: not found", Duration::from_secs(60));
+    tmux.type_line("exit");
+    tmux.wait_for_line("KVMKIT-EXIT 0", Duration::from_secs(120));
 }

@@ -18,8 +18,7 @@
  *                   4 KiB reads at pseudo-random offsets) and print KVMKIT-BLKBENCH with the rates
  *   virtio          list the virtio devices the kernel bound: KVMKIT-VIRTIO count=N ids=...
  *   hvc             write KVMKIT-HVC-OK to the virtio console (/dev/hvc0) and say so on the console
- *   hvcecho         after `hvc`: read one line from /dev/hvc0 and write it back there as
- *                   KVMKIT-HVC-ECHO <line> (the host must type it)
+ *   shell           a prompt and a few commands on /dev/hvc0 (init_shell.c) until `exit`
  *   rng             the hardware RNG the kernel uses, and bytes read from /dev/hwrng
  *   net             configure eth0 (init_net.c), ping the host, and move a byte stream over TCP
  *                   each way, checked byte for byte
@@ -124,6 +123,13 @@ void put_num(long v)
 unsigned long line_used(void)
 {
 	return used;
+}
+
+/* Writes the line built so far, without a newline, to fd (a prompt) and starts a new one. */
+void flush_line(long fd)
+{
+	sys3(SYS_write, fd, (long)line, used);
+	used = 0;
 }
 
 /* Writes the line built so far (plus a newline) to fd and starts a new one. */
@@ -426,9 +432,8 @@ static void rng_check(long out)
 	say(out);
 }
 
-/* "KVMKIT-HVC open=FD write=N": KVMKIT-HVC-OK written to the virtio console; with `echo`, one line
- * read from it and written back as "KVMKIT-HVC-ECHO <line>" (then "KVMKIT-HVC-ECHOED n=N"). */
-static void hvc_check(long out, int echo)
+/* "KVMKIT-HVC open=FD write=N": KVMKIT-HVC-OK written to the virtio console. */
+static void hvc_check(long out)
 {
 	mount_sys();
 	long fd = sys3(SYS_open, (long)"/dev/hvc0", 02 | 0400 /* O_RDWR|O_NOCTTY */, 0);
@@ -439,20 +444,8 @@ static void hvc_check(long out, int echo)
 	put(" write=");
 	put_num(w);
 	say(out);
-	if (!echo || fd < 0)
-		return;
-	/* The terminal is in canonical mode: one read returns one line. */
-	long n = sys3(SYS_read, fd, (long)small, sizeof(small) - 1);
-	if (n > 0 && small[n - 1] == '\n')
-		n--;
-	small[n > 0 ? n : 0] = 0;
-	put("KVMKIT-HVC-ECHO ");
-	put(small);
-	say(fd);
-	put("KVMKIT-HVC-ECHOED n=");
-	put_num(n);
-	say(out);
-	sys3(SYS_close, fd, 0, 0);
+	if (fd >= 0)
+		sys3(SYS_close, fd, 0, 0);
 }
 
 /* `sp` is the initial stack: argc, argv[0..argc], NULL, envp..., NULL. */
@@ -483,8 +476,10 @@ void init_main(long *sp)
 		virtio_check(fd);
 	if (has_item(checks, "rng"))
 		rng_check(fd);
-	if (has_item(checks, "hvc") || has_item(checks, "hvcecho"))
-		hvc_check(fd, has_item(checks, "hvcecho"));
+	if (has_item(checks, "hvc"))
+		hvc_check(fd);
+	if (has_item(checks, "shell"))
+		shell(fd);
 	if (disk)
 		disk_checks(fd);
 	if (has_item(checks, "net")) {

@@ -47,6 +47,7 @@ unsigned long len(const char *s);
 void put(const char *s);
 void put_num(long v);
 void say(long fd);
+void flush_line(long fd);
 /* How many bytes the line being built has. */
 unsigned long line_used(void);
 long slurp(const char *path, char *buf, unsigned long n);
@@ -60,6 +61,9 @@ void mount_sys(void);
 /* init_net.c: `kvmkit_init=net` and `netup`. */
 void net_checks(long out, char **envp);
 void net_up(long out, char **envp);
+
+/* init_shell.c: `kvmkit_init=shell`: a prompt and built-in commands on /dev/hvc0 until `exit`. */
+void shell(long out);
 
 /* init_control.c: `kvmkit_init=control`. Returns only if nothing happened for ten minutes, with
  * `power_off` set if the guest should power off rather than reboot. */

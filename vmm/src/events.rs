@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -109,6 +110,80 @@ impl MutEventSubscriber for StopSignalSource {
             Events::new(self.signals.event(), EventSet::IN),
             "stop signals",
         );
+    }
+}
+
+/// How often a pseudo-terminal's size is looked at (`--console pty`).
+const PTY_SIZE_CHECK: Duration = Duration::from_secs(1);
+
+/// Tells the virtio console its terminal's new size: kvmkit's own terminal's on SIGWINCH
+/// (`--console tty`), or its pseudo-terminal's, looked at every [`PTY_SIZE_CHECK`]
+/// (`--console pty`: whoever attaches sets the size on the other side, which sends no signal).
+#[derive(Debug)]
+pub struct TerminalResize {
+    source: Source,
+    resizer: virtio_devices::console::Resizer,
+    last: Option<(u16, u16)>,
+}
+
+#[derive(Debug)]
+enum Source {
+    Signal(crate::signals::WindowChanges),
+    Poll(std::os::fd::OwnedFd, TimerFd),
+}
+
+impl TerminalResize {
+    /// Passes size changes from `source` on to its console from now on.
+    pub fn new(source: crate::devices::hvc::ResizeSource) -> std::io::Result<Self> {
+        use crate::devices::hvc::ResizeSource;
+        let (source, resizer, last) = match source {
+            ResizeSource::Signal(resizer) => (
+                Source::Signal(crate::signals::WindowChanges::new()?),
+                resizer,
+                None,
+            ),
+            ResizeSource::Poll(fd, resizer) => {
+                let mut timer = TimerFd::new()?;
+                timer.reset(PTY_SIZE_CHECK, Some(PTY_SIZE_CHECK))?;
+                let last = crate::devices::hvc::terminal_size(fd.as_raw_fd());
+                (Source::Poll(fd, timer), resizer, last)
+            }
+        };
+        Ok(Self {
+            source,
+            resizer,
+            last,
+        })
+    }
+}
+
+impl MutEventSubscriber for TerminalResize {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps<'_>) {
+        let fd = match &mut self.source {
+            Source::Signal(changes) => {
+                let _ = changes.event().read();
+                1
+            }
+            Source::Poll(fd, timer) => {
+                let _ = timer.wait();
+                fd.as_raw_fd()
+            }
+        };
+        let size = crate::devices::hvc::terminal_size(fd);
+        if let Some((cols, rows)) = size
+            && size != self.last
+        {
+            self.last = size;
+            self.resizer.resize(cols, rows);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps<'_>) {
+        let events = match &self.source {
+            Source::Signal(changes) => Events::new(changes.event(), EventSet::IN),
+            Source::Poll(_, timer) => Events::new(timer, EventSet::IN),
+        };
+        watch(ops, events, "terminal size changes");
     }
 }
 

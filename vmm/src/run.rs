@@ -282,7 +282,7 @@ pub fn start_with(mut vm: Vm, input: Input, paused: bool) -> Result<RunningVm, E
         kvm,
         vm: kvm_vm,
         ram,
-        devices,
+        mut devices,
         legacy,
         vcpus,
         timeline,
@@ -315,6 +315,10 @@ pub fn start_with(mut vm: Vm, input: Input, paused: bool) -> Result<RunningVm, E
     ];
     for source in sources {
         manager.add_subscriber(source);
+    }
+    if let Some(source) = devices.take_console_resize() {
+        let resize = crate::events::TerminalResize::new(source).map_err(setup)?;
+        manager.add_subscriber(Box::new(resize));
     }
     if let Some(input) = input.into_file() {
         let console =
@@ -356,7 +360,6 @@ pub fn start_with(mut vm: Vm, input: Input, paused: bool) -> Result<RunningVm, E
         .map_err(Error::Spawn)?,
     );
     let device_counters = devices.counters();
-    let mut devices = devices;
     let other_consoles = devices.take_console_drains();
     let handle_timeline = timeline.clone();
     // The VM's fd (and with it the irqfds), its RAM and its devices must outlive every vCPU thread:

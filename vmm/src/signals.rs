@@ -85,3 +85,53 @@ impl Drop for StopSignals {
         );
     }
 }
+
+/// The eventfd SIGWINCH writes to, or -1.
+static WINCH_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_window_change(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let fd = WINCH_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; `one` is a live 8-byte buffer and `fd` an eventfd
+        // that stays open while it is registered here (`WindowChanges` unregisters it first).
+        unsafe { libc::write(fd, std::ptr::addr_of!(one).cast(), 8) };
+    }
+}
+
+/// While alive, SIGWINCH (kvmkit's terminal changed size) makes [`WindowChanges::event`]
+/// readable.
+#[derive(Debug)]
+pub struct WindowChanges {
+    event: EventFd,
+}
+
+impl WindowChanges {
+    /// Routes SIGWINCH to a new eventfd.
+    pub fn new() -> std::io::Result<Self> {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            // A valid, catchable signal: registration cannot fail.
+            let _ = vmm_sys_util::signal::register_signal_handler(libc::SIGWINCH, on_window_change);
+        });
+        let event = EventFd::new(libc::EFD_NONBLOCK)?;
+        WINCH_FD.store(event.as_raw_fd(), Ordering::SeqCst);
+        Ok(Self { event })
+    }
+
+    /// The eventfd that becomes readable when the terminal changes size.
+    pub fn event(&self) -> &EventFd {
+        &self.event
+    }
+}
+
+impl Drop for WindowChanges {
+    fn drop(&mut self) {
+        let _ = WINCH_FD.compare_exchange(
+            self.event.as_raw_fd(),
+            -1,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+}

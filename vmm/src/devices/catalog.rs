@@ -65,6 +65,7 @@ pub fn add_configured(
             eprintln!("kvmkit: virtio console (hvc0) on {}", path.display());
         }
         dm.console_drains.extend(console.drain);
+        dm.console_resize = console.resize;
         place(dm, "hvc0", Box::new(console.device))?;
     }
     Ok(())

@@ -7,7 +7,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
-use virtio_devices::console::{Console, ConsoleInput};
+use virtio_devices::console::{Console, ConsoleInput, Resizer};
 
 use crate::config::devices::ConsoleMode;
 use crate::console_buffer::{self, ConsoleDrain};
@@ -40,6 +40,26 @@ pub struct HostConsole {
     pub drain: Option<ConsoleDrain>,
     /// The pseudo-terminal's path (`pty`).
     pub pty: Option<PathBuf>,
+    /// How the terminal's size changes reach the guest, if they can.
+    pub resize: Option<ResizeSource>,
+}
+
+/// Where a console's terminal size changes come from.
+pub enum ResizeSource {
+    /// kvmkit's own terminal (`tty`): SIGWINCH.
+    Signal(Resizer),
+    /// A pseudo-terminal (`pty`): whoever attaches sets the size on its side, which sends kvmkit no
+    /// signal, so the size is looked at from time to time through this duplicate of the master.
+    Poll(OwnedFd, Resizer),
+}
+
+impl std::fmt::Debug for ResizeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Signal(_) => f.write_str("Signal"),
+            Self::Poll(fd, _) => write!(f, "Poll({})", fd.as_raw_fd()),
+        }
+    }
 }
 
 /// An input read only when it has bytes (`poll` with no wait first), so its file flags stay as
@@ -77,7 +97,8 @@ impl AsRawFd for Polled {
 }
 
 /// A pseudo-terminal's master side, with its other side kept open: without a holder of the other
-/// side the master reports a hang-up until someone attaches.
+/// side the master reports a hang-up until someone attaches. (The device's worker reads it; it
+/// makes no ioctl, which a worker's seccomp list does not have.)
 struct PtyMaster {
     master: File,
     _other_side: OwnedFd,
@@ -106,8 +127,8 @@ fn duplicate(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-/// The terminal size of `fd`, if it is a terminal: (columns, rows).
-fn terminal_size(fd: RawFd) -> Option<(u16, u16)> {
+/// The terminal size of `fd`, if it is a terminal with a size: (columns, rows).
+pub fn terminal_size(fd: RawFd) -> Option<(u16, u16)> {
     // SAFETY: winsize is plain data; TIOCGWINSZ writes one into `ws`.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: as above; a descriptor that is not a terminal gets ENOTTY.
@@ -115,7 +136,11 @@ fn terminal_size(fd: RawFd) -> Option<(u16, u16)> {
     (ok && ws.ws_col > 0).then_some((ws.ws_col, ws.ws_row))
 }
 
-/// Makes a pseudo-terminal in raw mode: its master (non-blocking), the other side, and its path.
+/// The size a new pseudo-terminal starts with, until whoever attaches sets its own.
+const PTY_SIZE: (u16, u16) = (80, 24);
+
+/// Makes a pseudo-terminal in raw mode and [`PTY_SIZE`]: its master (non-blocking), the other
+/// side, and its path.
 fn open_pty() -> io::Result<(File, OwnedFd, PathBuf)> {
     let (mut master, mut other) = (-1, -1);
     // SAFETY: openpty writes two descriptors; the name, termios and winsize pointers may be null.
@@ -138,13 +163,21 @@ fn open_pty() -> io::Result<(File, OwnedFd, PathBuf)> {
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
     // Raw mode: the guest's bytes pass unchanged (no CR added, no echo, no line editing).
-    // SAFETY: termios is plain data; tcgetattr fills it, cfmakeraw and tcsetattr read it.
+    // SAFETY: termios and winsize are plain data; tcgetattr fills the termios, cfmakeraw and
+    // tcsetattr read it, TIOCSWINSZ reads the winsize.
     unsafe {
         let mut t: libc::termios = std::mem::zeroed();
         if libc::tcgetattr(other.as_raw_fd(), &mut t) == 0 {
             libc::cfmakeraw(&mut t);
             libc::tcsetattr(other.as_raw_fd(), libc::TCSANOW, &t);
         }
+        let ws = libc::winsize {
+            ws_col: PTY_SIZE.0,
+            ws_row: PTY_SIZE.1,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        libc::ioctl(other.as_raw_fd(), libc::TIOCSWINSZ, &ws);
     }
     // SAFETY: F_GETFL/F_SETFL on our own master descriptor.
     unsafe {
@@ -158,6 +191,7 @@ fn open_pty() -> io::Result<(File, OwnedFd, PathBuf)> {
 /// Makes the console device `name` for `mode`.
 pub fn make(name: &str, mode: &ConsoleMode) -> Result<HostConsole, Error> {
     let buffered = |out: Box<dyn io::Write + Send>| console_buffer::spawn(out).map_err(Error::Io);
+    let mut resize = None;
     let (device, drain, pty) = match mode {
         ConsoleMode::Null => (
             Console::new(name, Box::new(io::sink()), None, None),
@@ -184,26 +218,30 @@ pub fn make(name: &str, mode: &ConsoleMode) -> Result<HostConsole, Error> {
             let (out, drain) = buffered(Box::new(io::stdout()))?;
             let input: Box<dyn ConsoleInput> = Box::new(Polled(duplicate(0).map_err(Error::Io)?));
             let size = terminal_size(1).or_else(|| terminal_size(0));
-            (
-                Console::new(name, Box::new(out), Some(input), size),
-                Some(drain),
-                None,
-            )
+            let console = Console::new(name, Box::new(out), Some(input), size);
+            if size.is_some() {
+                resize = Some(ResizeSource::Signal(console.resizer()));
+            }
+            (console, Some(drain), None)
         }
         ConsoleMode::Pty => {
             let (master, other, path) = open_pty().map_err(Error::Pty)?;
             let output = master.try_clone().map_err(Error::Pty)?;
             let (out, drain) = buffered(Box::new(output))?;
+            let watch = duplicate(master.as_raw_fd()).map_err(Error::Pty)?;
             let input: Box<dyn ConsoleInput> = Box::new(PtyMaster {
                 master,
                 _other_side: other,
             });
-            (
-                Console::new(name, Box::new(out), Some(input), None),
-                Some(drain),
-                Some(path),
-            )
+            let console = Console::new(name, Box::new(out), Some(input), Some(PTY_SIZE));
+            resize = Some(ResizeSource::Poll(watch, console.resizer()));
+            (console, Some(drain), Some(path))
         }
     };
-    Ok(HostConsole { device, drain, pty })
+    Ok(HostConsole {
+        device,
+        drain,
+        pty,
+        resize,
+    })
 }

@@ -98,6 +98,8 @@ pub struct DeviceManager {
     virtio: Vec<VirtioSlot>,
     /// The output buffers of consoles other than the UART, drained at the VM's end.
     console_drains: Vec<crate::console_buffer::ConsoleDrain>,
+    /// Where the virtio console's terminal size changes come from.
+    console_resize: Option<hvc::ResizeSource>,
 }
 
 impl DeviceManager {
@@ -114,7 +116,14 @@ impl DeviceManager {
             power_button: None,
             virtio: Vec::new(),
             console_drains: Vec::new(),
+            console_resize: None,
         }
+    }
+
+    /// Where the virtio console's terminal size changes come from, for the event loop (taken
+    /// once).
+    pub fn take_console_resize(&mut self) -> Option<hvc::ResizeSource> {
+        self.console_resize.take()
     }
 
     /// The output buffers of the virtio consoles, for the VM's end to drain (taken once).

@@ -272,8 +272,13 @@ impl VirtioDevice for Console {
             self.stats.clone(),
         )?;
         let interrupt = handler.interrupt();
-        self.worker =
-            Some(Worker::spawn(&self.name, handler, interrupt).map_err(ActivateError::Worker)?);
+        self.worker = Some(
+            Worker::spawn(&self.name, handler, interrupt.clone()).map_err(ActivateError::Worker)?,
+        );
+        // Linux reads the size only on a configuration interrupt: one now gives it the first.
+        if self.size.negotiated.load(Ordering::SeqCst) && self.size.get() != (0, 0) {
+            interrupt.signal_config();
+        }
         Ok(())
     }
 
