@@ -117,7 +117,7 @@ impl MutEventSubscriber for StopSignalSource {
 const PTY_SIZE_CHECK: Duration = Duration::from_secs(1);
 
 /// Tells the virtio console its terminal's new size: kvmkit's own terminal's on SIGWINCH
-/// (`--console tty`), or its pseudo-terminal's, looked at every [`PTY_SIZE_CHECK`]
+/// (`--console tty`), or its pseudo-terminal's, looked at every second
 /// (`--console pty`: whoever attaches sets the size on the other side, which sends no signal).
 #[derive(Debug)]
 pub struct TerminalResize {
