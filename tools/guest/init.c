@@ -328,6 +328,15 @@ const char *env_value(char **env, const char *key)
 	return 0;
 }
 
+/* The decimal number at the start of `s` (0 for none or a null `s`). */
+static long number(const char *s)
+{
+	long n = 0;
+	while (s && *s >= '0' && *s <= '9')
+		n = n * 10 + (*s++ - '0');
+	return n;
+}
+
 /* True if the comma-separated list `list` holds the item `want`. */
 static int has_item(const char *list, const char *want)
 {
@@ -497,7 +506,7 @@ void init_main(long *sp)
 		say(fd);
 	}
 	if (has_item(checks, "control"))
-		control_wait(fd, &power_off);
+		control_wait(fd, &power_off, number(env_value(envp, "kvmkit_control_minutes=")));
 	if (hang) {
 		put("KVMKIT-DISK-SYNCED");
 		say(fd);

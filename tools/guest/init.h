@@ -65,8 +65,8 @@ void net_up(long out, char **envp);
 /* init_shell.c: `kvmkit_init=shell`: a prompt and built-in commands on /dev/hvc0 until `exit`. */
 void shell(long out);
 
-/* init_control.c: `kvmkit_init=control`. Returns only if nothing happened for ten minutes, with
+/* init_control.c: `kvmkit_init=control`. Returns only if nothing happened for `minutes` (ten if 0), with
  * `power_off` set if the guest should power off rather than reboot. */
-void control_wait(long out, int *power_off);
+void control_wait(long out, int *power_off, long minutes);
 
 #endif

@@ -12,7 +12,8 @@
  *
  * Keys come from the kernel's evdev devices (/dev/input/eventN, devtmpfs), as systemd-logind reads
  * them; a kernel without CONFIG_VT has no Ctrl-Alt-Del handling of its own. After ten minutes with
- * neither, the init gives up and reboots.
+ * neither (`kvmkit_control_minutes=N` on the command line: N minutes, for long soaks), the init
+ * gives up and reboots.
  */
 #include "init.h"
 
@@ -25,7 +26,7 @@
 #define KEY_POWER 116
 #define MAX_INPUTS 8
 #define TICK_MS 200
-#define GIVE_UP_TICKS (10 * 60 * 1000 / TICK_MS)
+#define TICKS_PER_MINUTE (60 * 1000 / TICK_MS)
 
 struct pollfd {
 	int fd;
@@ -53,7 +54,7 @@ static const char *input_path(char *buf, const char *prefix, int n, const char *
 	return buf;
 }
 
-void control_wait(long out, int *power_off)
+void control_wait(long out, int *power_off, long minutes)
 {
 	static char path[96];
 	struct pollfd fds[MAX_INPUTS];
@@ -79,7 +80,8 @@ void control_wait(long out, int *power_off)
 	say(out);
 	int ctrl = 0, alt = 0;
 	long tick = 0;
-	while (tick < GIVE_UP_TICKS) {
+	long give_up = (minutes > 0 ? minutes : 10) * TICKS_PER_MINUTE;
+	while (tick < give_up) {
 		long ready = sys3(SYS_poll, (long)fds, n, TICK_MS);
 		if (ready <= 0) {
 			put("KVMKIT-TICK ");
