@@ -1,8 +1,8 @@
 //! Fuzzes what a guest controls in a virtio-rng queue: the descriptor table, the available ring and
 //! the buffers, through the same path as the device's worker (`virtio::drain`, which walks the
 //! available ring and each chain with virtio-queue, and the device's chain handler, which fills the
-//! chain's buffers with random bytes). Any panic, or an answer longer than the per-request cap or
-//! than the chain's device-writable buffers, is a finding.
+//! chain's buffers with random bytes). Any panic, an answer longer than the per-request cap, or a
+//! used ring that does not grow by the chains answered, is a finding.
 //!
 //! Input: 2 bytes of queue size (rounded down to a power of two, 1..=256), 2 bytes of available
 //! index, 1 byte of flags (bit 0: event index), 2 bytes of cap (the device's `max_request`, at least
@@ -30,15 +30,11 @@ struct Checked<H> {
 
 impl<H: ChainHandler> ChainHandler for Checked<H> {
     fn handle(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
-        // The writable bytes the chain offers before its first device-readable buffer.
-        let writable: u64 = chain
-            .clone()
-            .take_while(|d| d.is_write_only())
-            .map(|d| u64::from(d.len()))
-            .sum();
+        // (The answer is not checked against the chain's writable bytes as read beforehand: a
+        // guest may point a buffer at its own descriptor table, and the random bytes written into
+        // it then change the descriptors the device reads next. The fuzzer found such a chain.)
         let len = self.inner.handle(mem, chain);
         assert!(len <= self.cap, "answered {len} bytes, the cap is {}", self.cap);
-        assert!(u64::from(len) <= writable, "answered {len} bytes of {writable} writable");
         self.answered += 1;
         len
     }
