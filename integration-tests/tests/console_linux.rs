@@ -3,6 +3,8 @@
 //!   the guest's init writes a line to /dev/hvc0, and the test types commands into the pty for the
 //!   test init's shell on hvc0 and reads their output, including the terminal's size before and
 //!   after the test sets the pty's size as a terminal emulator would;
+//! - through its socket (`--console socket=PATH`): a client attaches, runs a command, leaves, and the
+//!   next client finds the shell still there;
 //! - through tmux (`--console tty` in a tmux session): the test init's shell on hvc0 gets commands
 //!   typed with `tmux send-keys`, and the test reads their output from the screen, including the
 //!   terminal's size before and after tmux resizes the window.
@@ -18,7 +20,7 @@ use kvmkit_integration_tests::{Background, guest_cmdline, guest_dir};
 /// Reads `pty` until what was read contains `marker` (or fails the test after `limit`, showing
 /// what kvmkit said).
 fn read_until(
-    pty: &mut std::fs::File,
+    pty: &mut impl Read,
     seen: &mut String,
     marker: &str,
     limit: Duration,
@@ -105,15 +107,24 @@ fn a_person_at_the_console_s_pty_types_commands_and_the_terminal_size_follows() 
         &kvmkit,
     );
     read_until(&mut pty, &mut seen, "kvmkit-guest# ", long, &kvmkit);
+    // Each command is typed at a prompt, and its output read up to the next prompt.
+    let mut run = |pty: &mut std::fs::File, command: &str, output: &str| {
+        let mut answer = String::new();
+        pty.write_all(format!("{command}\r").as_bytes()).unwrap();
+        read_until(pty, &mut answer, "kvmkit-guest# ", short, &kvmkit);
+        assert!(answer.contains(output), "{command:?} gave {answer:?}");
+        seen.push_str(&answer);
+    };
     // The size kvmkit gives a new pty, then the one a terminal attached to it sets.
-    pty.write_all(b"size\r").unwrap();
-    read_until(&mut pty, &mut seen, "rows 24 cols 80", short, &kvmkit);
+    run(&mut pty, "size", "\nrows 24 cols 80\r\n");
     set_size(&pty, 100, 30);
     std::thread::sleep(Duration::from_secs(2));
-    pty.write_all(b"size\r").unwrap();
-    read_until(&mut pty, &mut seen, "rows 30 cols 100", short, &kvmkit);
-    pty.write_all(b"echo typed into the pty\r").unwrap();
-    read_until(&mut pty, &mut seen, "\ntyped into the pty", short, &kvmkit);
+    run(&mut pty, "size", "\nrows 30 cols 100\r\n");
+    run(
+        &mut pty,
+        "echo typed into the pty",
+        "\ntyped into the pty\r\n",
+    );
     pty.write_all(b"exit\r").unwrap();
     let (stdout, stderr, code) = kvmkit.finish(Duration::from_secs(120));
     let context =
@@ -125,6 +136,58 @@ fn a_person_at_the_console_s_pty_types_commands_and_the_terminal_size_follows() 
         "hvc0 opened: {context}"
     );
     assert!(stdout.contains("KVMKIT-SHELL-EXIT"), "{context}");
+}
+
+#[test]
+fn a_client_attaches_to_the_console_s_socket_detaches_and_attaches_again() {
+    let guest = guest_dir();
+    let sock = std::env::temp_dir().join(format!("kvmkit-hvc-test-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let kvmkit = Background::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_kvmkit-e2e"))
+            .arg("--kernel")
+            .arg(guest.join("vmlinux"))
+            .arg("--initramfs")
+            .arg(guest.join("initramfs.cpio"))
+            .args([
+                "--cmdline",
+                &guest_cmdline("kvmkit_init=shell,poweroff"),
+                "--memory",
+                "256M",
+                "--serial",
+                "stdio",
+            ])
+            .arg("--console")
+            .arg(format!("socket={}", sock.display())),
+    );
+    kvmkit_integration_tests::wait_for_path(&sock);
+    let attach = || {
+        let s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        s.set_nonblocking(true).unwrap();
+        s
+    };
+    let long = Duration::from_secs(600);
+    let short = Duration::from_secs(60);
+    // The first client waits for the shell, runs a command and leaves.
+    let mut first = attach();
+    let mut seen = String::new();
+    first.write_all(b"\r").unwrap();
+    read_until(&mut first, &mut seen, "kvmkit-guest# ", long, &kvmkit);
+    first.write_all(b"echo first client\r").unwrap();
+    read_until(&mut first, &mut seen, "\nfirst client", short, &kvmkit);
+    drop(first);
+    std::thread::sleep(Duration::from_millis(500));
+    // The guest went on; the next client gets a prompt and a shell that still works.
+    let mut second = attach();
+    let mut again = String::new();
+    second.write_all(b"uname\r").unwrap();
+    read_until(&mut second, &mut again, "Linux 6.", short, &kvmkit);
+    second.write_all(b"exit\r").unwrap();
+    let (stdout, stderr, code) = kvmkit.finish(Duration::from_secs(120));
+    let context = format!("--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+    assert_eq!(code, Some(0), "{context}");
+    assert!(stdout.contains("KVMKIT-SHELL-EXIT"), "{context}");
+    assert!(!sock.exists(), "the socket is removed at the end");
 }
 
 /// A tmux server of the test's own, for one session.

@@ -253,12 +253,13 @@ fn command() -> Command {
         .arg(
             Arg::new("console")
                 .long("console")
-                .value_name("off|null|tty|pty|file=PATH")
+                .value_name("off|null|tty|pty|file=PATH|socket=PATH")
                 .default_value("off")
                 .help(
                     "A virtio console, the guest's hvc0 (add console=hvc0 to its command line): \
                      kvmkit's terminal (tty: give --serial another mode), a new pseudo-terminal \
-                     whose path kvmkit prints (pty), a file, or null",
+                     whose path kvmkit prints (pty), a Unix socket clients attach to and detach \
+                     from (socket), a file, or null",
                 ),
         )
         .arg(

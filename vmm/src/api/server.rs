@@ -29,20 +29,40 @@ const POLL: Duration = Duration::from_millis(100);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Something that is not a socket is at the path.
-    #[error("--api-sock {0}: the path exists and is not a socket")]
-    NotASocket(PathBuf),
+    #[error("{flag}{path}: the path exists and is not a socket", flag = .0.flag(), path = .1.display())]
+    NotASocket(Flag, PathBuf),
     /// Another process answers on the socket.
-    #[error("--api-sock {0}: another process is serving this socket")]
-    InUse(PathBuf),
+    #[error("{flag}{path}: another process is serving this socket", flag = .0.flag(), path = .1.display())]
+    InUse(Flag, PathBuf),
     /// The socket could not be created, bound, or made private.
-    #[error("--api-sock {path}: {source}")]
+    #[error("{flag}{path}: {source}", flag = .flag.flag(), path = .path.display())]
     Io {
+        /// Which socket.
+        flag: Flag,
         /// The socket's path.
         path: PathBuf,
         /// Why.
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Which of kvmkit's sockets an error is about, as the command line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flag {
+    /// `--api-sock PATH`.
+    ApiSock,
+    /// `--console socket=PATH`.
+    ConsoleSocket,
+}
+
+impl Flag {
+    fn flag(self) -> &'static str {
+        match self {
+            Self::ApiSock => "--api-sock ",
+            Self::ConsoleSocket => "--console socket=",
+        }
+    }
 }
 
 /// What answers each request.
@@ -56,19 +76,25 @@ pub struct Server {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Creates the socket at `path`: removes a stale one (no process answers it), refuses anything
-/// else there, and makes it readable and writable by its owner only.
+/// Creates the API socket at `path` (see [`bind_as`]).
 pub fn bind(path: &Path) -> Result<UnixListener, Error> {
+    bind_as(Flag::ApiSock, path)
+}
+
+/// Creates the socket `flag` names at `path`: removes a stale one (no process answers it),
+/// refuses anything else there, and makes it readable and writable by its owner only.
+pub fn bind_as(flag: Flag, path: &Path) -> Result<UnixListener, Error> {
     let io = |source| Error::Io {
+        flag,
         path: path.to_owned(),
         source,
     };
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => {
-            return Err(Error::NotASocket(path.to_owned()));
+            return Err(Error::NotASocket(flag, path.to_owned()));
         }
         Ok(_) => match UnixStream::connect(path) {
-            Ok(_) => return Err(Error::InUse(path.to_owned())),
+            Ok(_) => return Err(Error::InUse(flag, path.to_owned())),
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
                 std::fs::remove_file(path).map_err(io)?;
             }
@@ -86,6 +112,7 @@ impl Server {
     /// Serves `listener` (bound at `path`) with `handler` on a new thread.
     pub fn spawn(listener: UnixListener, path: &Path, handler: Handler) -> Result<Self, Error> {
         let io = |source| Error::Io {
+            flag: Flag::ApiSock,
             path: path.to_owned(),
             source,
         };
@@ -239,7 +266,7 @@ mod tests {
         assert!(out.ends_with(r#"{"path":"/x","len":2}"#), "{out}");
         let out = ask(&path, b"garbage\r\n\r\n");
         assert!(out.starts_with("HTTP/1.1 400"), "{out}");
-        assert!(matches!(bind(&path), Err(Error::InUse(_))));
+        assert!(matches!(bind(&path), Err(Error::InUse(..))));
         drop(server);
         assert!(!path.exists());
     }
@@ -253,7 +280,7 @@ mod tests {
         assert!(ask(&path, b"GET / HTTP/1.0\r\n\r\n").contains("200 OK"));
         drop(server);
         std::fs::write(&path, "not a socket").unwrap();
-        assert!(matches!(bind(&path), Err(Error::NotASocket(_))));
+        assert!(matches!(bind(&path), Err(Error::NotASocket(..))));
         std::fs::remove_file(&path).unwrap();
     }
 }

@@ -40,9 +40,13 @@ pub enum ConsoleMode {
     Pty,
     /// Output appended to a file; no input.
     File(PathBuf),
+    /// A Unix socket kvmkit listens on: one client at a time attaches (and detaches) for output
+    /// and input; while none is attached the output is discarded.
+    Socket(PathBuf),
 }
 
-/// Parses `--console off|null|tty|pty|file=PATH` (Cloud Hypervisor's syntax); `off` is no device.
+/// Parses `--console off|null|tty|pty|file=PATH|socket=PATH` (Cloud Hypervisor's syntax); `off` is
+/// no device.
 ///
 /// ```
 /// use kvmkit::config::devices::{ConsoleMode, parse_console};
@@ -56,8 +60,13 @@ pub fn parse_console(s: &str) -> Result<Option<ConsoleMode>, Error> {
         "null" => Ok(Some(ConsoleMode::Null)),
         "tty" => Ok(Some(ConsoleMode::Tty)),
         "pty" => Ok(Some(ConsoleMode::Pty)),
-        _ => match s.strip_prefix("file=") {
-            Some(path) if !path.is_empty() => Ok(Some(ConsoleMode::File(PathBuf::from(path)))),
+        _ => match s.split_once('=') {
+            Some(("file", path)) if !path.is_empty() => {
+                Ok(Some(ConsoleMode::File(PathBuf::from(path))))
+            }
+            Some(("socket", path)) if !path.is_empty() => {
+                Ok(Some(ConsoleMode::Socket(PathBuf::from(path))))
+            }
             _ => Err(Error::Console(s.to_owned())),
         },
     }

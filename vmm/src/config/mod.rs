@@ -38,8 +38,8 @@ pub enum Error {
     /// Two network devices with the same id or tap.
     #[error("--net: {0} '{1}' is given twice")]
     NetTwice(&'static str, String),
-    /// A `--console` value that is not off, null, tty, pty or file=PATH.
-    #[error("invalid --console '{0}': expected off, null, tty, pty or file=PATH")]
+    /// A `--console` value that is not off, null, tty, pty, file=PATH or socket=PATH.
+    #[error("invalid --console '{0}': expected off, null, tty, pty, file=PATH or socket=PATH")]
     Console(String),
     /// The serial console and the virtio console both asked for kvmkit's terminal.
     #[error(

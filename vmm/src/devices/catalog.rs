@@ -66,6 +66,7 @@ pub fn add_configured(
         }
         dm.console_drains.extend(console.drain);
         dm.console_resize = console.resize;
+        dm.console_relay = console.relay;
         place(dm, "hvc0", Box::new(console.device))?;
     }
     Ok(())

@@ -30,6 +30,9 @@ pub enum Error {
     /// stdin or stdout could not be duplicated, or the writer thread not started.
     #[error("cannot set up the console: {0}")]
     Io(#[source] io::Error),
+    /// The console's socket could not be set up.
+    #[error(transparent)]
+    Socket(#[from] super::hvc_socket::Error),
 }
 
 /// A console device and what kvmkit keeps of its host side.
@@ -40,6 +43,8 @@ pub struct HostConsole {
     pub drain: Option<ConsoleDrain>,
     /// The pseudo-terminal's path (`pty`).
     pub pty: Option<PathBuf>,
+    /// The socket's relay (`socket`): it lives as long as the VM's devices.
+    pub relay: Option<super::hvc_socket::SocketConsole>,
     /// How the terminal's size changes reach the guest, if they can.
     pub resize: Option<ResizeSource>,
 }
@@ -192,6 +197,7 @@ fn open_pty() -> io::Result<(File, OwnedFd, PathBuf)> {
 pub fn make(name: &str, mode: &ConsoleMode) -> Result<HostConsole, Error> {
     let buffered = |out: Box<dyn io::Write + Send>| console_buffer::spawn(out).map_err(Error::Io);
     let mut resize = None;
+    let mut relay = None;
     let (device, drain, pty) = match mode {
         ConsoleMode::Null => (
             Console::new(name, Box::new(io::sink()), None, None),
@@ -210,6 +216,17 @@ pub fn make(name: &str, mode: &ConsoleMode) -> Result<HostConsole, Error> {
             let (out, drain) = buffered(Box::new(file))?;
             (
                 Console::new(name, Box::new(out), None, None),
+                Some(drain),
+                None,
+            )
+        }
+        ConsoleMode::Socket(path) => {
+            let (socket, output, input) = super::hvc_socket::start(path)?;
+            relay = Some(socket);
+            let (out, drain) = buffered(Box::new(output))?;
+            let input: Box<dyn ConsoleInput> = Box::new(input);
+            (
+                Console::new(name, Box::new(out), Some(input), None),
                 Some(drain),
                 None,
             )
@@ -242,6 +259,7 @@ pub fn make(name: &str, mode: &ConsoleMode) -> Result<HostConsole, Error> {
         device,
         drain,
         pty,
+        relay,
         resize,
     })
 }

@@ -15,6 +15,7 @@
 
 mod catalog;
 pub mod hvc;
+pub mod hvc_socket;
 mod legacy;
 mod virtio;
 
@@ -100,6 +101,8 @@ pub struct DeviceManager {
     console_drains: Vec<crate::console_buffer::ConsoleDrain>,
     /// Where the virtio console's terminal size changes come from.
     console_resize: Option<hvc::ResizeSource>,
+    /// A socket console's relay, stopped (and its socket removed) with the devices.
+    console_relay: Option<hvc_socket::SocketConsole>,
 }
 
 impl DeviceManager {
@@ -117,6 +120,7 @@ impl DeviceManager {
             virtio: Vec::new(),
             console_drains: Vec::new(),
             console_resize: None,
+            console_relay: None,
         }
     }
 

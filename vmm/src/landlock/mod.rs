@@ -34,6 +34,8 @@ pub enum Permission {
     Read,
     /// Read and write files; in a directory also create, rename and remove files and sockets.
     ReadWrite,
+    /// In a directory: make Unix sockets (nothing else).
+    MakeSocket,
 }
 
 /// One path kvmkit may use, and how.
@@ -115,6 +117,8 @@ fn rights(access: Permission, dir: bool) -> BitFlags<AccessFs> {
         (Permission::Read, false) => read,
         (Permission::ReadWrite, false) => write,
         (Permission::Read, true) => read | AccessFs::ReadDir,
+        (Permission::MakeSocket, true) => BitFlags::from(AccessFs::MakeSock),
+        (Permission::MakeSocket, false) => BitFlags::empty(),
         (Permission::ReadWrite, true) => {
             write
                 | AccessFs::ReadDir

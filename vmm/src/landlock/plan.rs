@@ -89,6 +89,15 @@ impl Plan {
         }
         match &config.devices.console {
             Some(ConsoleMode::File(path)) => self.output(path),
+            Some(ConsoleMode::Socket(path)) => {
+                // Making a socket needs a right on its directory; a stale socket there cannot
+                // be removed under Landlock (docs/security.md).
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    self.existing(dir, Permission::MakeSocket);
+                } else {
+                    self.existing(Path::new("."), Permission::MakeSocket);
+                }
+            }
             Some(ConsoleMode::Pty) => {
                 // A new pseudo-terminal: the multiplexer, and the terminal it makes.
                 self.existing(Path::new("/dev/ptmx"), Permission::ReadWrite);

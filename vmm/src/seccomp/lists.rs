@@ -85,8 +85,9 @@ const DEVICE: &[i64] = &[
 const VCPU: &[i64] = &[SYS_clone, SYS_clone3, SYS_ioctl, SYS_seccomp, SYS_tgkill];
 
 /// The event loop: epoll on its eventfds and the console's input (with a retry timer while the
-/// UART's receive buffer is full), kicking vCPUs out of `KVM_RUN`, and at the VM's end joining them
-/// and dropping the VM.
+/// UART's receive buffer is full, and a pty console's size looked at each second), kicking vCPUs
+/// out of `KVM_RUN`, and at the VM's end joining them and dropping the VM, which removes a socket
+/// console's socket (`unlink`).
 const EVENT_LOOP: &[i64] = &[
     SYS_epoll_ctl,
     SYS_epoll_pwait,
@@ -96,12 +97,27 @@ const EVENT_LOOP: &[i64] = &[
     SYS_read,
     SYS_tgkill,
     SYS_timerfd_settime,
+    SYS_unlink,
 ];
 
-/// The console writer and the metrics writer: they write (a file, a pipe, a FIFO, a terminal),
-/// and close their file at the VM's end, which in a debug build first checks it is open (fcntl
-/// F_GETFD; found by a boot with `--serial file=`).
-const WRITER: &[i64] = &[SYS_writev, SYS_fsync, SYS_lseek, SYS_fcntl];
+/// The console writer and the metrics writer: they write (a file, a pipe, a FIFO, a terminal, or
+/// a socket console's client, which Rust writes to with `send`), and close their file at the VM's
+/// end, which in a debug build first checks it is open (fcntl F_GETFD; found by a boot with
+/// `--serial file=`).
+const WRITER: &[i64] = &[SYS_writev, SYS_fsync, SYS_lseek, SYS_fcntl, SYS_sendto];
+
+/// The relay of a console on a socket: poll, accept a client, read what it types (made
+/// non-blocking with an ioctl, `FIONBIO`) and pass it on through a pipe, tell a second client it
+/// is not wanted (`send`).
+const CONSOLE_SOCKET: &[i64] = &[
+    SYS_accept4,
+    SYS_fcntl,
+    SYS_ioctl,
+    SYS_poll,
+    SYS_ppoll,
+    SYS_read,
+    SYS_sendto,
+];
 
 /// The main thread once the VM runs: it waits for the VM's end, restores the terminal (ioctl) and
 /// its input's file flags (fcntl), stops the API server and removes its socket.
@@ -154,12 +170,14 @@ pub fn allowed(kind: ThreadKind) -> Vec<i64> {
             VCPU,
             EVENT_LOOP,
             WRITER,
+            CONSOLE_SOCKET,
             &[SYS_socket],
         ],
         ThreadKind::Vcpu => &[EVERY_THREAD, VCPU, DEVICE],
         ThreadKind::Device => &[EVERY_THREAD, DEVICE],
         ThreadKind::EventLoop => &[EVERY_THREAD, EVENT_LOOP],
         ThreadKind::Console | ThreadKind::Metrics => &[EVERY_THREAD, WRITER],
+        ThreadKind::ConsoleSocket => &[EVERY_THREAD, CONSOLE_SOCKET],
     };
     let mut all: Vec<i64> = parts.iter().flat_map(|p| p.iter().copied()).collect();
     all.sort_unstable();

@@ -65,11 +65,13 @@ pub enum ThreadKind {
     Console,
     /// The metrics writer.
     Metrics,
+    /// The relay of a console on a socket (`--console socket=PATH`).
+    ConsoleSocket,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 7] = [
+    pub const ALL: [ThreadKind; 8] = [
         ThreadKind::Main,
         ThreadKind::Api,
         ThreadKind::Vcpu,
@@ -77,6 +79,7 @@ impl ThreadKind {
         ThreadKind::EventLoop,
         ThreadKind::Console,
         ThreadKind::Metrics,
+        ThreadKind::ConsoleSocket,
     ];
 
     /// The kind's name, as messages and docs/security.md give it.
@@ -89,6 +92,7 @@ impl ThreadKind {
             Self::EventLoop => "event loop",
             Self::Console => "console",
             Self::Metrics => "metrics",
+            Self::ConsoleSocket => "console socket",
         }
     }
 }
@@ -177,7 +181,7 @@ pub fn program(kind: ThreadKind, mode: Mode) -> Result<BpfProgram, Error> {
 
 /// Each kind's program for the mode set at start-up, built once ([`prepare`], or the first
 /// [`apply`]), or why it could not be built.
-static PROGRAMS: [OnceLock<Result<BpfProgram, String>>; 7] = [const { OnceLock::new() }; 7];
+static PROGRAMS: [OnceLock<Result<BpfProgram, String>>; 8] = [const { OnceLock::new() }; 8];
 
 fn cached(kind: ThreadKind) -> Result<&'static BpfProgram, Error> {
     PROGRAMS[kind as usize]
@@ -207,6 +211,7 @@ pub fn prepare(mode: Mode) {
                 ThreadKind::Device,
                 ThreadKind::Api,
                 ThreadKind::Metrics,
+                ThreadKind::ConsoleSocket,
             ] {
                 let _ = cached(kind);
             }

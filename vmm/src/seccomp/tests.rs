@@ -166,6 +166,7 @@ fn threads_started_by_a_kind_keep_within_its_list() {
         ThreadKind::EventLoop,
         ThreadKind::Console,
         ThreadKind::Metrics,
+        ThreadKind::ConsoleSocket,
     ] {
         within(kind, ThreadKind::Api);
     }
