@@ -4,7 +4,8 @@
 //!   test init's shell on hvc0 and reads their output, including the terminal's size before and
 //!   after the test sets the pty's size as a terminal emulator would;
 //! - through its socket (`--console socket=PATH`): a client attaches, runs a command, leaves, and the
-//!   next client finds the shell still there;
+//!   next client finds the shell still there; the serial console is on a socket too
+//!   (`--serial socket=PATH`), and the test reads the init's lines from it;
 //! - through tmux (`--console tty` in a tmux session): the test init's shell on hvc0 gets commands
 //!   typed with `tmux send-keys`, and the test reads their output from the screen, including the
 //!   terminal's size before and after tmux resizes the window.
@@ -140,9 +141,14 @@ fn a_person_at_the_console_s_pty_types_commands_and_the_terminal_size_follows() 
 
 #[test]
 fn a_client_attaches_to_the_console_s_socket_detaches_and_attaches_again() {
+    // The serial console is on a socket too: the test reads the init's lines from it.
     let guest = guest_dir();
     let sock = std::env::temp_dir().join(format!("kvmkit-hvc-test-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&sock);
+    let serial =
+        std::env::temp_dir().join(format!("kvmkit-ttyS0-test-{}.sock", std::process::id()));
+    for path in [&sock, &serial] {
+        let _ = std::fs::remove_file(path);
+    }
     let kvmkit = Background::spawn(
         std::process::Command::new(env!("CARGO_BIN_EXE_kvmkit-e2e"))
             .arg("--kernel")
@@ -154,40 +160,65 @@ fn a_client_attaches_to_the_console_s_socket_detaches_and_attaches_again() {
                 &guest_cmdline("kvmkit_init=shell,poweroff"),
                 "--memory",
                 "256M",
-                "--serial",
-                "stdio",
             ])
+            .arg("--serial")
+            .arg(format!("socket={}", serial.display()))
             .arg("--console")
             .arg(format!("socket={}", sock.display())),
     );
-    kvmkit_integration_tests::wait_for_path(&sock);
-    let attach = || {
-        let s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let attach = |path: &std::path::Path| {
+        kvmkit_integration_tests::wait_for_path(path);
+        let s = std::os::unix::net::UnixStream::connect(path).unwrap();
         s.set_nonblocking(true).unwrap();
         s
     };
     let long = Duration::from_secs(600);
     let short = Duration::from_secs(60);
+    let mut ttys0 = attach(&serial);
+    let mut serial_seen = String::new();
+    read_until(
+        &mut ttys0,
+        &mut serial_seen,
+        "KVMKIT-SHELL open=",
+        long,
+        &kvmkit,
+    );
     // The first client waits for the shell, runs a command and leaves.
-    let mut first = attach();
+    let mut first = attach(&sock);
     let mut seen = String::new();
     first.write_all(b"\r").unwrap();
     read_until(&mut first, &mut seen, "kvmkit-guest# ", long, &kvmkit);
-    first.write_all(b"echo first client\r").unwrap();
-    read_until(&mut first, &mut seen, "\nfirst client", short, &kvmkit);
+    // (What a command prints must not be in the command: the terminal echoes what is typed, and
+    // a prompt may come between.)
+    first.write_all(b"uname\r").unwrap();
+    read_until(&mut first, &mut seen, "Linux 6.", short, &kvmkit);
     drop(first);
     std::thread::sleep(Duration::from_millis(500));
-    // The guest went on; the next client gets a prompt and a shell that still works.
-    let mut second = attach();
+    // The guest went on; the next client gets a shell that still works.
+    let mut second = attach(&sock);
     let mut again = String::new();
     second.write_all(b"uname\r").unwrap();
     read_until(&mut second, &mut again, "Linux 6.", short, &kvmkit);
     second.write_all(b"exit\r").unwrap();
+    read_until(
+        &mut ttys0,
+        &mut serial_seen,
+        "KVMKIT-SHELL-EXIT",
+        short,
+        &kvmkit,
+    );
     let (stdout, stderr, code) = kvmkit.finish(Duration::from_secs(120));
-    let context = format!("--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+    let context =
+        format!("--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}\n--- ttyS0 ---\n{serial_seen}");
     assert_eq!(code, Some(0), "{context}");
-    assert!(stdout.contains("KVMKIT-SHELL-EXIT"), "{context}");
-    assert!(!sock.exists(), "the socket is removed at the end");
+    assert!(serial_seen.contains("KVMKIT-INIT-OK"), "{context}");
+    assert!(
+        stdout.is_empty(),
+        "the serial console is on its socket: {context}"
+    );
+    for path in [&sock, &serial] {
+        assert!(!path.exists(), "{} is removed at the end", path.display());
+    }
 }
 
 /// A tmux server of the test's own, for one session.

@@ -202,7 +202,11 @@ fn command() -> Command {
                 .long("serial")
                 .value_name("MODE")
                 .default_value("stdio")
-                .help("Serial console (COM1, ttyS0): stdio (or tty), file=PATH, or off (or null)"),
+                .help(
+                    "Serial console (COM1, ttyS0): stdio (or tty), a new pseudo-terminal whose \
+                     path kvmkit prints (pty), a Unix socket clients attach to (socket=PATH), \
+                     file=PATH, or off (or null)",
+                ),
         )
         .arg(
             Arg::new("acpi")

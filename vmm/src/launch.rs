@@ -45,6 +45,23 @@ pub struct Launched {
     pub running: RunningVm,
     assist: Option<Arc<Assist>>,
     raw: Option<RawModeGuard>,
+    /// What the serial console's pty or socket needs kept while the VM runs.
+    _serial: SerialKeep,
+}
+
+/// What a serial console on a pty or a socket keeps while the VM runs: the pty's other side, or
+/// the socket's relay (stopped, and the socket removed, when dropped).
+#[derive(Debug, Default)]
+struct SerialKeep {
+    _pty: Option<std::os::fd::OwnedFd>,
+    _socket: Option<crate::devices::hvc_socket::SocketConsole>,
+}
+
+/// The serial console's host side: its output, its input, and what it keeps.
+struct SerialHost {
+    output: Box<dyn Write + Send>,
+    input: Input,
+    keep: SerialKeep,
 }
 
 /// The exit code for an error building the VM: bad input files and sizes are the user's (2), the
@@ -77,12 +94,26 @@ fn host_memory() -> Option<u64> {
     Some(kib << 10)
 }
 
-fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, LaunchError> {
+fn serial_host(mode: &SerialMode) -> Result<SerialHost, LaunchError> {
+    let host_error = |e: &dyn std::fmt::Display| LaunchError::new(EXIT_GUEST_ERROR, e);
     Ok(match mode {
-        SerialMode::Stdio => Box::new(std::io::stdout()),
-        SerialMode::Off => Box::new(std::io::sink()),
+        SerialMode::Stdio => SerialHost {
+            output: Box::new(std::io::stdout()),
+            // stdin, unless kvmkit runs in the background of a terminal (see `console_input`).
+            input: Input::Stdin,
+            keep: SerialKeep::default(),
+        },
+        SerialMode::Off => SerialHost {
+            output: Box::new(std::io::sink()),
+            input: Input::None,
+            keep: SerialKeep::default(),
+        },
         SerialMode::File(path) => match OpenOptions::new().create(true).append(true).open(path) {
-            Ok(f) => Box::new(f),
+            Ok(f) => SerialHost {
+                output: Box::new(f),
+                input: Input::None,
+                keep: SerialKeep::default(),
+            },
             Err(e) => {
                 return Err(LaunchError::new(
                     EXIT_BAD_INPUT,
@@ -90,6 +121,32 @@ fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, LaunchError
                 ));
             }
         },
+        SerialMode::Pty => {
+            let pty = |e: std::io::Error| host_error(&format_args!("serial console pty: {e}"));
+            let (master, other, path) = crate::devices::hvc::open_pty().map_err(pty)?;
+            let output = master.try_clone().map_err(pty)?;
+            eprintln!("kvmkit: serial console (ttyS0) on {}", path.display());
+            SerialHost {
+                output: Box::new(output),
+                input: Input::Fd(master.into()),
+                keep: SerialKeep {
+                    _pty: Some(other),
+                    _socket: None,
+                },
+            }
+        }
+        SerialMode::Socket(path) => {
+            let (socket, output, input) = crate::devices::hvc_socket::start(path)
+                .map_err(|e| LaunchError::new(EXIT_BAD_INPUT, &e))?;
+            SerialHost {
+                output: Box::new(output),
+                input: Input::Fd(input.into()),
+                keep: SerialKeep {
+                    _pty: None,
+                    _socket: Some(socket),
+                },
+            }
+        }
     })
 }
 
@@ -103,8 +160,8 @@ pub fn launch(config: &VmConfig, timeline: Arc<Timeline>) -> Result<Launched, La
             &crate::config::Error::MoreThanHost(config.machine.memory, host),
         ));
     }
-    let serial_out = serial_output(&config.serial)?;
-    let mut vm = Vm::new(&config.machine, &config.devices, serial_out, timeline)
+    let serial = serial_host(&config.serial)?;
+    let mut vm = Vm::new(&config.machine, &config.devices, serial.output, timeline)
         .map_err(|e| LaunchError::new(build_error_code(&e), &e))?;
     // On a software KVM backend the guest must be told which instructions to avoid.
     let software_kvm = vm.is_software_kvm();
@@ -132,12 +189,13 @@ pub fn launch(config: &VmConfig, timeline: Arc<Timeline>) -> Result<Launched, La
             }
         );
     }
-    let (input, raw) = console_input(config);
+    let (input, raw) = console_input(config, serial.input);
     let running = run::start(vm, input).map_err(|e| LaunchError::new(EXIT_GUEST_ERROR, &e))?;
     Ok(Launched {
         running,
         assist,
         raw,
+        _serial: serial.keep,
     })
 }
 
@@ -166,13 +224,19 @@ pub fn launch_restore(
         serial: base.serial.clone(),
         boot_timeline: base.boot_timeline,
     };
-    let serial_out = serial_output(&config.serial)?;
-    let mut vm = Vm::with_ram(&config.machine, &config.devices, serial_out, timeline, ram)
-        .map_err(|e| LaunchError::new(build_error_code(&e), &e))?;
+    let serial = serial_host(&config.serial)?;
+    let mut vm = Vm::with_ram(
+        &config.machine,
+        &config.devices,
+        serial.output,
+        timeline,
+        ram,
+    )
+    .map_err(|e| LaunchError::new(build_error_code(&e), &e))?;
     vm.restore_snapshot(&state)
         .map_err(|e| LaunchError::new(EXIT_BAD_INPUT, &e))?;
     let assist = vm.assist().cloned();
-    let (input, raw) = console_input(&config);
+    let (input, raw) = console_input(&config, serial.input);
     let running =
         run::start_with(vm, input, !resume).map_err(|e| LaunchError::new(EXIT_GUEST_ERROR, &e))?;
     Ok((
@@ -180,21 +244,24 @@ pub fn launch_restore(
             running,
             assist,
             raw,
+            _serial: serial.keep,
         },
         config,
     ))
 }
 
-/// Where the UART's input comes from, and the terminal's raw mode while the VM runs (for the UART
-/// on stdio, or the virtio console on kvmkit's terminal, `--console tty`).
-fn console_input(config: &VmConfig) -> (Input, Option<RawModeGuard>) {
+/// Where the UART's input comes from (`serial`, the serial console's own), and the terminal's raw
+/// mode while the VM runs (for the UART on stdio, or the virtio console on kvmkit's terminal,
+/// `--console tty`). A kvmkit in the background of a terminal reads nothing from it.
+fn console_input(config: &VmConfig, serial: Input) -> (Input, Option<RawModeGuard>) {
     let background = crate::terminal::stdin_is_background_terminal();
-    match &config.serial {
-        SerialMode::Stdio if !background => (Input::Stdin, RawModeGuard::new()),
-        _ if config.devices.console == Some(ConsoleMode::Tty) && !background => {
-            (Input::None, RawModeGuard::new())
+    match serial {
+        Input::Stdin if background => (Input::None, None),
+        Input::Stdin => (Input::Stdin, RawModeGuard::new()),
+        other if config.devices.console == Some(ConsoleMode::Tty) && !background => {
+            (other, RawModeGuard::new())
         }
-        _ => (Input::None, None),
+        other => (other, None),
     }
 }
 
@@ -205,6 +272,7 @@ pub fn finish(launched: Launched) -> i32 {
         running,
         assist,
         raw,
+        _serial,
     } = launched;
     let timeline = running.timeline().clone();
     let outcome = running.wait();

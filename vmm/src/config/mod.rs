@@ -26,8 +26,11 @@ pub enum Error {
     /// A vCPU count that does not parse or is out of range.
     #[error("invalid --cpus '{0}': expected a number of vCPUs from 1 to {1}, or boot=N")]
     Cpus(String, u32),
-    /// A `--serial` value that is not `stdio` (`tty`), `off` (`null`) or `file=PATH`.
-    #[error("invalid --serial '{0}': expected stdio (or tty), off (or null) or file=PATH")]
+    /// A `--serial` value that is not `stdio` (`tty`), `off` (`null`), `pty`, `file=PATH` or
+    /// `socket=PATH`.
+    #[error(
+        "invalid --serial '{0}': expected stdio (or tty), off (or null), pty, file=PATH or socket=PATH"
+    )]
     Serial(String),
     /// A `--disk` value that does not parse.
     #[error("invalid --disk '{0}': {1}; expected path=FILE[,readonly=on|off][,serial=ID]")]
@@ -69,6 +72,10 @@ pub enum SerialMode {
     File(PathBuf),
     /// No output (the UART still exists for the guest).
     Off,
+    /// A new pseudo-terminal, whose path kvmkit prints.
+    Pty,
+    /// A Unix socket one client at a time attaches to.
+    Socket(PathBuf),
 }
 
 impl std::str::FromStr for SerialMode {
@@ -78,8 +85,10 @@ impl std::str::FromStr for SerialMode {
         match s {
             "stdio" | "tty" => Ok(Self::Stdio),
             "off" | "null" => Ok(Self::Off),
-            _ => match s.strip_prefix("file=") {
-                Some(path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+            "pty" => Ok(Self::Pty),
+            _ => match s.split_once('=') {
+                Some(("file", path)) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+                Some(("socket", path)) if !path.is_empty() => Ok(Self::Socket(PathBuf::from(path))),
                 _ => Err(Error::Serial(s.to_owned())),
             },
         }

@@ -144,9 +144,9 @@ pub fn terminal_size(fd: RawFd) -> Option<(u16, u16)> {
 /// The size a new pseudo-terminal starts with, until whoever attaches sets its own.
 const PTY_SIZE: (u16, u16) = (80, 24);
 
-/// Makes a pseudo-terminal in raw mode and [`PTY_SIZE`]: its master (non-blocking), the other
-/// side, and its path.
-fn open_pty() -> io::Result<(File, OwnedFd, PathBuf)> {
+/// Makes a pseudo-terminal in raw mode and 80x24: its master (non-blocking), the other side
+/// (keep it open: without it the master reports a hang-up), and its path.
+pub fn open_pty() -> io::Result<(File, OwnedFd, PathBuf)> {
     let (mut master, mut other) = (-1, -1);
     // SAFETY: openpty writes two descriptors; the name, termios and winsize pointers may be null.
     let r = unsafe {

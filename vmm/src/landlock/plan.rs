@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use super::{Permission, Rule};
-use crate::config::VmConfig;
 use crate::config::devices::ConsoleMode;
 use crate::config::firecracker::VmResources;
+use crate::config::{SerialMode, VmConfig};
 
 /// Host files kvmkit opens for every VM: KVM, the host's memory size (to refuse a guest larger than
 /// the host), and its own page map (to skip untouched RAM in a snapshot).
@@ -84,27 +84,34 @@ impl Plan {
         if !config.devices.nets.is_empty() {
             self.existing(Path::new(TUN), Permission::ReadWrite);
         }
-        if let crate::config::SerialMode::File(path) = &config.serial {
-            self.output(path);
+        match &config.serial {
+            SerialMode::File(path) => self.output(path),
+            SerialMode::Socket(path) => self.socket(path),
+            SerialMode::Pty => self.pty(),
+            SerialMode::Stdio | SerialMode::Off => {}
         }
         match &config.devices.console {
             Some(ConsoleMode::File(path)) => self.output(path),
-            Some(ConsoleMode::Socket(path)) => {
-                // Making a socket needs a right on its directory; a stale socket there cannot
-                // be removed under Landlock (docs/security.md).
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    self.existing(dir, Permission::MakeSocket);
-                } else {
-                    self.existing(Path::new("."), Permission::MakeSocket);
-                }
-            }
-            Some(ConsoleMode::Pty) => {
-                // A new pseudo-terminal: the multiplexer, and the terminal it makes.
-                self.existing(Path::new("/dev/ptmx"), Permission::ReadWrite);
-                self.existing(Path::new("/dev/pts"), Permission::ReadWrite);
-            }
-            _ => {}
+            Some(ConsoleMode::Socket(path)) => self.socket(path),
+            Some(ConsoleMode::Pty) => self.pty(),
+            Some(ConsoleMode::Tty | ConsoleMode::Null) | None => {}
         }
+    }
+
+    /// A socket kvmkit makes at `path`: making it needs a right on its directory (a stale socket
+    /// there cannot be removed under Landlock: docs/security.md).
+    fn socket(&mut self, path: &Path) {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        self.existing(dir, Permission::MakeSocket);
+    }
+
+    /// A new pseudo-terminal: the multiplexer, and the terminal it makes.
+    fn pty(&mut self) {
+        self.existing(Path::new("/dev/ptmx"), Permission::ReadWrite);
+        self.existing(Path::new("/dev/pts"), Permission::ReadWrite);
     }
 
     /// What a config file adds to `base`: its VM, and its log and metrics files.
