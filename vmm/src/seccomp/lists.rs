@@ -159,6 +159,19 @@ const API: &[i64] = &[
     SYS_unlink,
 ];
 
+/// The calls a thread of `kind` cannot make but that are answered `EACCES` rather than ending
+/// kvmkit: opening a file, for the kinds that never open one. glibc opens files behind the
+/// program's back: the first time a thread's malloc arena gives memory back, it reads
+/// /proc/sys/vm/overcommit_memory (once per process; a failed open counts as 0). That ended a
+/// snapshot with 159 when a network device's worker freed its buffers.
+pub fn refused(kind: ThreadKind) -> Vec<i64> {
+    let allowed = allowed(kind);
+    [libc::SYS_open, libc::SYS_openat]
+        .into_iter()
+        .filter(|nr| !allowed.contains(nr))
+        .collect()
+}
+
 /// The system calls `kind` may make, each at most once (`socket` with a condition: Unix sockets only).
 pub fn allowed(kind: ThreadKind) -> Vec<i64> {
     let parts: &[&[i64]] = match kind {

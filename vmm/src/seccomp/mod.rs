@@ -18,7 +18,7 @@ use std::sync::{Once, OnceLock};
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule};
 
-pub use lists::allowed;
+pub use lists::{allowed, refused};
 
 /// The exit code when a thread makes a system call outside its list: 128 + SIGSYS.
 pub const EXIT_BAD_SYSCALL: i32 = 128 + libc::SIGSYS;
@@ -154,7 +154,7 @@ pub fn mode() -> Mode {
 }
 
 /// The BPF program of `kind`'s filter: its list allowed, anything else trapped (`On`) or logged
-/// (`Log`).
+/// (`Log`). With `On`, the calls [`refused`] are let through here; [`refusal`] answers them.
 pub fn program(kind: ThreadKind, mode: Mode) -> Result<BpfProgram, Error> {
     let mismatch = match mode {
         Mode::Log => SeccompAction::Log,
@@ -164,11 +164,14 @@ pub fn program(kind: ThreadKind, mode: Mode) -> Result<BpfProgram, Error> {
         kind: kind.name(),
         source,
     };
-    let rules = allowed(kind)
+    let mut rules = allowed(kind)
         .into_iter()
         .map(|nr| lists::rules(nr).map(|r| (nr, r)))
         .collect::<Result<BTreeMap<i64, Vec<SeccompRule>>, _>>()
         .map_err(build)?;
+    if mode == Mode::On {
+        rules.extend(refused(kind).into_iter().map(|nr| (nr, Vec::new())));
+    }
     let filter = SeccompFilter::new(
         rules,
         mismatch,
@@ -179,13 +182,46 @@ pub fn program(kind: ThreadKind, mode: Mode) -> Result<BpfProgram, Error> {
     filter.try_into().map_err(build)
 }
 
-/// Each kind's program for the mode set at start-up, built once ([`prepare`], or the first
-/// [`apply`]), or why it could not be built.
-static PROGRAMS: [OnceLock<Result<BpfProgram, String>>; 8] = [const { OnceLock::new() }; 8];
+/// The second filter of a kind with calls [`refused`] (`On` only): those calls fail with
+/// `EACCES`, everything else is left to [`program`]'s filter. (A call two filters disagree on gets
+/// the stricter answer: `EACCES` over allow.)
+pub fn refusal(kind: ThreadKind) -> Result<Option<BpfProgram>, Error> {
+    let calls = refused(kind);
+    if calls.is_empty() {
+        return Ok(None);
+    }
+    let build = |source| Error::Build {
+        kind: kind.name(),
+        source,
+    };
+    let filter = SeccompFilter::new(
+        calls.into_iter().map(|nr| (nr, Vec::new())).collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        seccompiler::TargetArch::x86_64,
+    )
+    .map_err(build)?;
+    filter.try_into().map(Some).map_err(build)
+}
 
-fn cached(kind: ThreadKind) -> Result<&'static BpfProgram, Error> {
+/// A kind's programs: its filter, and its refusal filter if it has one.
+type Programs = (BpfProgram, Option<BpfProgram>);
+
+/// Each kind's programs for the mode set at start-up, built once ([`prepare`], or the first
+/// [`apply`]), or why they could not be built.
+static PROGRAMS: [OnceLock<Result<Programs, String>>; 8] = [const { OnceLock::new() }; 8];
+
+fn cached(kind: ThreadKind) -> Result<&'static Programs, Error> {
     PROGRAMS[kind as usize]
-        .get_or_init(|| program(kind, mode()).map_err(|e| e.to_string()))
+        .get_or_init(|| {
+            let mode = mode();
+            let main = program(kind, mode).map_err(|e| e.to_string())?;
+            let refusal = match mode {
+                Mode::On => refusal(kind).map_err(|e| e.to_string())?,
+                _ => None,
+            };
+            Ok((main, refusal))
+        })
         .as_ref()
         .map_err(|message| Error::Prepared(message.clone()))
 }
@@ -228,14 +264,17 @@ pub fn apply(kind: ThreadKind) -> Result<(), Error> {
         return Ok(());
     }
     install_sigsys_handler();
-    let program = cached(kind)?;
+    let (program, refusal) = cached(kind)?;
     // Set before the filter: the handler must not need a call the filter refuses.
     KIND.with(|k| k.set(kind as u8 + 1));
     MAY_RESTORE_TERMINAL.with(|m| m.set(allowed(kind).contains(&libc::SYS_ioctl)));
-    seccompiler::apply_filter(program).map_err(|source| Error::Install {
-        kind: kind.name(),
-        source,
-    })?;
+    // The refusal first: the main filter may not allow `seccomp` itself.
+    for program in refusal.iter().chain(std::iter::once(program)) {
+        seccompiler::apply_filter(program).map_err(|source| Error::Install {
+            kind: kind.name(),
+            source,
+        })?;
+    }
     Ok(())
 }
 

@@ -41,6 +41,14 @@ fn child(kind: &str, call: &str) {
             }
         };
         eprintln!("data mapped: {}", map(libc::PROT_READ | libc::PROT_WRITE));
+        // What glibc's malloc opens behind the program's back: refused, not fatal.
+        if !allowed(kind).contains(&libc::SYS_openat) {
+            let open = std::fs::File::open("/proc/sys/vm/overcommit_memory");
+            eprintln!(
+                "open refused: {}",
+                open.is_err_and(|e| e.raw_os_error() == Some(libc::EACCES))
+            );
+        }
         if call == "mmap" {
             eprintln!("still running: {}", map(libc::PROT_READ | libc::PROT_EXEC));
         } else if call == "ioctl" {
