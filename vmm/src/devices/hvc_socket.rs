@@ -207,13 +207,12 @@ impl Relay {
             let _ = stream.write_all(BUSY);
             return;
         }
+        // Both ends stay blocking (they share one open file, so one flag): the relay reads only
+        // when poll says there is something, and the output's writer thread may block on a
+        // client that reads slowly (its buffer then drops, as for any stalled console reader).
         let attached = stream
             .try_clone()
-            .and_then(|s| s.set_nonblocking(false).map(|()| s))
-            .and_then(|writer| {
-                stream.set_nonblocking(true)?;
-                Ok((writer, OwnedFd::from(stream)))
-            });
+            .map(|writer| (writer, OwnedFd::from(stream)));
         match attached {
             Ok((writer, read_side)) => {
                 *lock(&self.client) = Some(writer);

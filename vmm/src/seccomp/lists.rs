@@ -106,13 +106,12 @@ const EVENT_LOOP: &[i64] = &[
 /// `--serial file=`).
 const WRITER: &[i64] = &[SYS_writev, SYS_fsync, SYS_lseek, SYS_fcntl, SYS_sendto];
 
-/// The relay of a console on a socket: poll, accept a client, read what it types (made
-/// non-blocking with an ioctl, `FIONBIO`) and pass it on through a pipe, tell a second client it
-/// is not wanted (`send`).
+/// The relay of a console on a socket: poll, accept a client, read what it types and pass it on
+/// through a pipe, tell a second client it is not wanted (`send`), duplicate the client for the
+/// output (`fcntl`).
 const CONSOLE_SOCKET: &[i64] = &[
     SYS_accept4,
     SYS_fcntl,
-    SYS_ioctl,
     SYS_poll,
     SYS_ppoll,
     SYS_read,
