@@ -86,3 +86,17 @@ pub trait VirtioDevice: Send {
         None
     }
 }
+
+/// What a read of `data.len()` bytes at `offset` of a configuration space holding `config` gives:
+/// the bytes that are there, zeros past its end (and for an offset past it). For
+/// [`VirtioDevice::read_config`].
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}

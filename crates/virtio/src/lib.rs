@@ -10,7 +10,9 @@ pub mod testing;
 pub mod worker;
 
 pub use alias::MmioAlias;
-pub use device::{ActivateError, Activation, ActiveQueue, DeviceCounters, VirtioDevice};
+pub use device::{
+    ActivateError, Activation, ActiveQueue, DeviceCounters, VirtioDevice, read_config_bytes,
+};
 pub use interrupt::Interrupt;
 pub use mmio::MmioTransport;
 pub use queue::{ChainHandler, QueueHandler, drain, start_worker};

@@ -238,14 +238,7 @@ impl VirtioDevice for Console {
         config[0..2].copy_from_slice(&cols.to_le_bytes());
         config[2..4].copy_from_slice(&rows.to_le_bytes());
         config[4..8].copy_from_slice(&1u32.to_le_bytes());
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = config.get(start..) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        virtio::read_config_bytes(&config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
