@@ -81,6 +81,17 @@ pub trait VirtioDevice: Send {
     /// Stops the device (its workers, its queues) and returns it to the state before activation.
     fn reset(&mut self);
 
+    /// Stops the device's work without the driver knowing (a pause, a snapshot): the next
+    /// [`VirtioDevice::activate`] goes on where it stopped. A device that keeps state with the
+    /// host (open connections) keeps it here; the default is [`VirtioDevice::reset`].
+    fn pause(&mut self) {
+        self.reset();
+    }
+
+    /// The transport's registers were restored from a snapshot into this (new) device: what the
+    /// device kept with the host when the snapshot was taken is gone. The default does nothing.
+    fn restored(&mut self) {}
+
     /// The device's counters, shared with whoever reports metrics; `None` if it keeps none.
     fn counters(&self) -> Option<Arc<dyn DeviceCounters>> {
         None

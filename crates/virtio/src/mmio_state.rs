@@ -79,7 +79,7 @@ impl MmioTransport {
     /// eventfds. Nothing happens if the device is not running.
     pub fn suspend(&mut self) {
         if self.active {
-            self.device.reset();
+            self.device.pause();
             self.active = false;
         }
     }
@@ -180,6 +180,7 @@ impl MmioTransport {
         self.config_generation = state.config_generation;
         self.interrupt
             .restore(state.interrupt_status, state.needs_reset);
+        self.device.restored();
         Ok(())
     }
 }

@@ -94,17 +94,18 @@ impl MutEventSubscriber for KillSwitch {
 }
 
 /// What every worker thread runs first, if set ([`on_thread_start`]).
-static THREAD_START: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+static THREAD_START: std::sync::OnceLock<fn(&str)> = std::sync::OnceLock::new();
 
-/// Sets a function every device worker thread runs before anything else, for the whole process
-/// (once; later calls are ignored). kvmkit installs its seccomp filter for device threads there.
-pub fn on_thread_start(start: fn()) {
+/// Sets a function every device worker thread runs before anything else, given the worker's name
+/// (`vda`, `vsock0`), for the whole process (once; later calls are ignored). kvmkit installs its
+/// seccomp filter for device threads there.
+pub fn on_thread_start(start: fn(&str)) {
     let _ = THREAD_START.set(start);
 }
 
 fn run(name: &str, subscriber: Subscriber, kill: EventFd, interrupt: &Interrupt) {
     if let Some(start) = THREAD_START.get() {
-        start();
+        start(name);
     }
     let killed = Arc::new(AtomicBool::new(false));
     let mut manager = match EventManager::<Subscriber>::new() {
