@@ -3,6 +3,7 @@
 pub mod disks;
 pub mod netns;
 pub mod stream;
+pub mod vsock;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

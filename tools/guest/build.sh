@@ -114,7 +114,8 @@ fi
 mkdir -p "$out"
 init_work=$(mktemp -d "${TMPDIR:-/tmp}/kvmkit-init.XXXXXX")
 gcc -Os -static -nostdlib -ffreestanding -fno-stack-protector -fno-pie -no-pie \
-    -Wall -Werror -o "$init_work/init" "$here/init.c" "$here/init_net.c" "$here/init_control.c" "$here/init_shell.c"
+    -Wall -Werror -o "$init_work/init" "$here/init.c" "$here/init_net.c" "$here/init_control.c" "$here/init_shell.c" \
+    "$here/init_vsock.c"
 strip "$init_work/init"
 cat > "$init_work/initramfs.list" <<LIST
 dir /dev 0755 0 0

@@ -23,6 +23,9 @@
  *   net             configure eth0 (init_net.c), ping the host, and move a byte stream over TCP
  *                   each way, checked byte for byte
  *   netup           only configure eth0 (`kvmkit_ip=`), for the host to reach the guest later
+ *   vsock           talk to the host over the virtio socket device (init_vsock.c): echo, a stream
+ *                   each way checked byte for byte, a hundred connections, a host that vanishes,
+ *                   a connection never read (`kvmkit_vsock_bytes=N` sets the stream's size)
  *   control         last: wait for the host's control plane (init_control.c): print a tick five
  *                   times a second; Ctrl-Alt-Del typed on the keyboard reboots, the ACPI power
  *                   button powers off
@@ -497,6 +500,10 @@ void init_main(long *sp)
 	} else if (has_item(checks, "netup")) {
 		mount_sys();
 		net_up(fd, envp);
+	}
+	if (has_item(checks, "vsock")) {
+		mount_sys();
+		vsock_checks(fd, envp);
 	}
 	if (has_item(checks, "blkbench"))
 		blk_bench(fd);

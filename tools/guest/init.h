@@ -14,9 +14,12 @@
 #define SYS_getpid 39
 #define SYS_socket 41
 #define SYS_connect 42
+#define SYS_accept 43
 #define SYS_sendto 44
 #define SYS_recvfrom 45
 #define SYS_shutdown 48
+#define SYS_bind 49
+#define SYS_listen 50
 #define SYS_setsockopt 54
 #define SYS_uname 63
 #define SYS_fsync 74
@@ -61,6 +64,9 @@ void mount_sys(void);
 /* init_net.c: `kvmkit_init=net` and `netup`. */
 void net_checks(long out, char **envp);
 void net_up(long out, char **envp);
+
+/* init_vsock.c: `kvmkit_init=vsock`: the phases integration-tests' vsock_linux.rs drives. */
+void vsock_checks(long out, char **envp);
 
 /* init_shell.c: `kvmkit_init=shell`: a prompt and built-in commands on /dev/hvc0 until `exit`. */
 void shell(long out);

@@ -89,7 +89,13 @@ fn run(invocation: Invocation, timeline: Arc<Timeline>) -> i32 {
         return unbind(fail(code, &e));
     }
     crate::seccomp::prepare(invocation.seccomp);
-    virtio::on_thread_start(|| crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Device));
+    virtio::on_thread_start(|name| {
+        crate::seccomp::apply_or_exit(if name.starts_with("vsock") {
+            crate::seccomp::ThreadKind::Vsock
+        } else {
+            crate::seccomp::ThreadKind::Device
+        })
+    });
     let controller = Controller::new(&invocation.id, invocation.vm.clone(), timeline);
     if let (Some(r), Source::ConfigFile(path)) = (resources, &invocation.source)
         && let Err(e) = controller.configure(r)

@@ -267,6 +267,17 @@ fn command() -> Command {
                 ),
         )
         .arg(
+            Arg::new("vsock")
+                .long("vsock")
+                .value_name("cid=N,socket=PATH")
+                .help(
+                    "A virtio socket device: the guest has context ID N (3 or more); a host \
+                     process connects to the Unix socket PATH and writes 'CONNECT <port>\\n' to \
+                     reach the guest's port, and the guest's connections to the host's port P \
+                     reach a listener on PATH_P",
+                ),
+        )
+        .arg(
             Arg::new("seccomp")
                 .long("seccomp")
                 .value_name("on|log|off")
@@ -395,6 +406,10 @@ where
             .collect::<Result<_, _>>()?,
         rng: devices::parse_rng(&get("rng"))?,
         console: devices::parse_console(&get("console"))?,
+        vsock: m
+            .get_one::<String>("vsock")
+            .map(|v| devices::parse_vsock(v))
+            .transpose()?,
     };
     devices.validate()?;
     let serial = get("serial").parse::<SerialMode>()?;
@@ -461,6 +476,33 @@ mod tests {
 
     fn run(args: &[&str]) -> Result<VmConfig, Error> {
         invocation(args).map(|i| i.vm)
+    }
+
+    #[test]
+    fn vsock_takes_a_cid_and_a_socket() {
+        let vsock =
+            |v: &str| invocation(&["--kernel", "k", "--vsock", v]).map(|i| i.vm.devices.vsock);
+        let v = vsock("cid=3,socket=/run/v.sock").unwrap().unwrap();
+        assert_eq!((v.cid, v.socket.to_str()), (3, Some("/run/v.sock")));
+        assert_eq!(
+            invocation(&["--kernel", "k"]).unwrap().vm.devices.vsock,
+            None
+        );
+        for (bad, says) in [
+            ("cid=2,socket=/run/v.sock", "guest CID 2 is not usable"),
+            ("cid=4294967295,socket=/v", "not usable"),
+            ("cid=x,socket=/v", "cid 'x' is not a number"),
+            ("cid=3", "socket is missing"),
+            ("socket=/v", "cid is missing"),
+            ("cid=3,socket=", "unknown or empty option 'socket='"),
+            ("cid=3,socket=/v,port=5", "unknown or empty option 'port=5'"),
+        ] {
+            let e = vsock(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("invalid --vsock") && e.contains(says),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::config::VmConfig;
 use crate::config::firecracker::{
     BootSource, Drive, EntropyDevice, Logger, MachineConfiguration, MachineConfigurationUpdate,
     Metrics, NetworkInterface, SnapshotCreateParams, SnapshotLoadParams, SnapshotType, VmResources,
+    Vsock,
 };
 use crate::config::resources;
 use crate::launch::{LaunchError, Launched, launch};
@@ -294,6 +295,14 @@ impl Controller {
         Ok(())
     }
 
+    /// `PUT /vsock`.
+    pub fn put_vsock(&self, vsock: Vsock) -> Result<(), Error> {
+        let mut state = self.configuring()?;
+        resources::vsock(&vsock)?;
+        state.resources.vsock = Some(vsock);
+        Ok(())
+    }
+
     /// `PUT /logger`: takes effect at once.
     pub fn put_logger(&self, logger: Logger) -> Result<(), Error> {
         let mut state = self.configuring()?;
@@ -337,6 +346,7 @@ impl Controller {
             drives,
             network_interfaces,
             entropy,
+            vsock,
             logger,
             metrics,
             ..
@@ -362,12 +372,14 @@ impl Controller {
         if let Some(entropy) = entropy {
             self.put_entropy(entropy)?;
         }
+        if let Some(vsock) = vsock {
+            self.put_vsock(vsock)?;
+        }
         // The sections kvmkit lacks: refused unless empty (checked with the rest).
         let mut state = self.configuring()?;
         state.resources.balloon = r.balloon;
         state.resources.cpu_config = r.cpu_config;
         state.resources.mmds_config = r.mmds_config;
-        state.resources.vsock = r.vsock;
         state.resources.pmem = r.pmem;
         state.resources.memory_hotplug = r.memory_hotplug;
         state.resources.vm_config(&self.base)?;

@@ -9,7 +9,7 @@ use super::http::{Request, Response};
 use crate::config::firecracker::{
     ActionType, BootSource, Drive, EntropyDevice, InstanceActionInfo, Logger, MachineConfiguration,
     MachineConfigurationUpdate, Metrics, NetworkInterface, SnapshotCreateParams,
-    SnapshotLoadParams, Vm, VmState,
+    SnapshotLoadParams, Vm, VmState, Vsock,
 };
 use crate::controller::{Controller, Error};
 
@@ -135,6 +135,7 @@ fn route(ctl: &std::sync::Arc<Controller>, req: &Request) -> Result<Response, Re
             )));
         }
         ("PUT", "entropy", None) => done(ctl.put_entropy(body::<EntropyDevice>(req)?)),
+        ("PUT", "vsock", None) => done(ctl.put_vsock(body::<Vsock>(req)?)),
         ("PUT", "logger", None) => done(ctl.put_logger(body::<Logger>(req)?)),
         ("PUT", "metrics", None) => done(ctl.put_metrics(body::<Metrics>(req)?)),
         ("PUT", "actions", None) => {
@@ -167,7 +168,7 @@ fn route(ctl: &std::sync::Arc<Controller>, req: &Request) -> Result<Response, Re
         }
         (
             "PUT" | "PATCH" | "GET",
-            "balloon" | "vsock" | "mmds" | "cpu-config" | "pmem" | "serial" | "hotplug",
+            "balloon" | "mmds" | "cpu-config" | "pmem" | "serial" | "hotplug",
             _,
         ) => {
             return Err(bad(format!("/{first} is not supported by kvmkit")));

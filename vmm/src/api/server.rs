@@ -54,6 +54,8 @@ pub enum Flag {
     ApiSock,
     /// `--console socket=PATH`.
     ConsoleSocket,
+    /// `--vsock socket=PATH` (or `PUT /vsock`'s `uds_path`).
+    VsockSocket,
 }
 
 impl Flag {
@@ -61,6 +63,7 @@ impl Flag {
         match self {
             Self::ApiSock => "--api-sock ",
             Self::ConsoleSocket => "--console socket=",
+            Self::VsockSocket => "--vsock socket=",
         }
     }
 }

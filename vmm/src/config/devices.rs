@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use virtio_devices::net::MacAddr;
-use virtio_devices::{BlockConfig, NetConfig, RngConfig};
+use virtio_devices::{BlockConfig, NetConfig, RngConfig, VsockConfig};
 
 use super::Error;
 
@@ -24,6 +24,9 @@ pub struct DevicesConfig {
     /// The virtio console (`hvc0`), if any, and where it goes.
     #[serde(default)]
     pub console: Option<ConsoleMode>,
+    /// The virtio socket device, if any: the guest's context ID and the host socket.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
 }
 
 /// Where the virtio console (`--console`) goes. Its output never blocks the guest: it goes through
@@ -43,6 +46,37 @@ pub enum ConsoleMode {
     /// A Unix socket kvmkit listens on: one client at a time attaches (and detaches) for output
     /// and input; while none is attached the output is discarded.
     Socket(PathBuf),
+}
+
+/// Parses `--vsock cid=N,socket=PATH` (Cloud Hypervisor's syntax).
+///
+/// ```
+/// use kvmkit::config::devices::parse_vsock;
+/// let v = parse_vsock("cid=3,socket=/run/v.sock").unwrap();
+/// assert_eq!((v.cid, v.socket.to_str()), (3, Some("/run/v.sock")));
+/// assert!(parse_vsock("cid=2,socket=/run/v.sock").is_err());
+/// assert!(parse_vsock("cid=3").is_err());
+/// ```
+pub fn parse_vsock(s: &str) -> Result<VsockConfig, Error> {
+    let bad = |why: String| Error::Vsock(s.to_owned(), why);
+    let (mut cid, mut socket) = (None, None);
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("cid", v)) => {
+                cid = Some(
+                    v.parse::<u64>()
+                        .map_err(|_| bad(format!("cid '{v}' is not a number")))?,
+                );
+            }
+            Some(("socket", v)) if !v.is_empty() => socket = Some(PathBuf::from(v)),
+            _ => return Err(bad(format!("unknown or empty option '{part}'"))),
+        }
+    }
+    let cid = cid.ok_or_else(|| bad("cid is missing".into()))?;
+    let socket = socket.ok_or_else(|| bad("socket is missing".into()))?;
+    let config = VsockConfig::new(cid, socket);
+    config.validate().map_err(|e| bad(e.to_string()))?;
+    Ok(config)
 }
 
 /// Parses `--console off|null|tty|pty|file=PATH|socket=PATH` (Cloud Hypervisor's syntax); `off` is

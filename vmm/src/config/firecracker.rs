@@ -199,6 +199,20 @@ pub struct EntropyDevice {
     pub rate_limiter: Option<RateLimiter>,
 }
 
+/// `PUT /vsock`: the virtio socket device, its host side a Unix socket ("hybrid vsock").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vsock {
+    /// Firecracker's old device name; accepted and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+    /// The guest's context ID (3 or more).
+    pub guest_cid: u32,
+    /// The Unix socket host clients connect to (`CONNECT <port>\n`); the guest's connections to
+    /// host port P go to `<uds_path>_P`.
+    pub uds_path: PathBuf,
+}
+
 /// `PUT /logger`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -297,9 +311,9 @@ pub struct VmResources {
     /// The network cards.
     #[serde(rename = "network-interfaces", default)]
     pub network_interfaces: Vec<NetworkInterface>,
-    /// Unsupported: only `null`.
+    /// The virtio socket device.
     #[serde(default)]
-    pub vsock: Option<serde_json::Value>,
+    pub vsock: Option<Vsock>,
     /// The entropy device.
     #[serde(default)]
     pub entropy: Option<EntropyDevice>,

@@ -44,6 +44,9 @@ pub enum Error {
     /// A `--console` value that is not off, null, tty, pty, file=PATH or socket=PATH.
     #[error("invalid --console '{0}': expected off, null, tty, pty, file=PATH or socket=PATH")]
     Console(String),
+    /// A `--vsock` value that does not parse.
+    #[error("invalid --vsock '{0}': {1}; expected cid=N,socket=PATH (N from 3)")]
+    Vsock(String, String),
     /// The serial console and the virtio console both asked for kvmkit's terminal.
     #[error(
         "--serial stdio and --console tty both want kvmkit's terminal: give one of them another \

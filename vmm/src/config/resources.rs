@@ -5,11 +5,11 @@
 use std::path::Path;
 
 use virtio_devices::net::MacAddr;
-use virtio_devices::{BlockConfig, NetConfig, RngConfig};
+use virtio_devices::{BlockConfig, NetConfig, RngConfig, VsockConfig};
 
 use super::firecracker::{
     BootSource, Drive, EntropyDevice, HugePages, Logger, MachineConfiguration, NetworkInterface,
-    VmResources,
+    VmResources, Vsock,
 };
 use super::{BootConfig, DEFAULT_CMDLINE, DevicesConfig, VmConfig, devices::MAX_SERIAL_LEN};
 
@@ -20,6 +20,9 @@ pub const MAX_VCPUS: u32 = machine::mptable::MAX_CPUS;
 /// has one.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
+    /// A vsock device that cannot be.
+    #[error("Vsock error: {0}")]
+    Vsock(String),
     /// A feature Firecracker has and kvmkit does not.
     #[error("{0} is not supported by kvmkit")]
     Unsupported(String),
@@ -232,6 +235,13 @@ pub fn entropy(e: &EntropyDevice) -> Result<RngConfig, Error> {
     Ok(RngConfig::default())
 }
 
+/// The vsock device `v` describes.
+pub fn vsock(v: &Vsock) -> Result<VsockConfig, Error> {
+    let config = VsockConfig::new(u64::from(v.guest_cid), v.uds_path.clone());
+    config.validate().map_err(|e| Error::Vsock(e.to_string()))?;
+    Ok(config)
+}
+
 /// Checks `PUT /logger`: a known level, no module filter.
 pub fn check_logger(l: &Logger) -> Result<(), Error> {
     if l.module.is_some() {
@@ -269,7 +279,6 @@ fn check_sections(r: &VmResources) -> Result<(), Error> {
         ("balloon", &r.balloon),
         ("cpu-config", &r.cpu_config),
         ("mmds-config", &r.mmds_config),
-        ("vsock", &r.vsock),
         ("memory-hotplug", &r.memory_hotplug),
     ];
     for (name, value) in sections {
@@ -322,6 +331,10 @@ impl VmResources {
             rng: self.entropy.as_ref().map(entropy).transpose()?,
             // Firecracker's configuration has no console: the command line's.
             console: base.devices.console.clone(),
+            vsock: match &self.vsock {
+                Some(v) => Some(vsock(v)?),
+                None => base.devices.vsock.clone(),
+            },
         };
         let mut config = base.clone();
         config.boot = BootConfig {
@@ -408,6 +421,12 @@ impl VmResources {
                 .rng
                 .as_ref()
                 .map(|_| EntropyDevice::default()),
+            vsock: config.devices.vsock.as_ref().map(|v| Vsock {
+                vsock_id: None,
+                // A configuration's CID was checked to fit.
+                guest_cid: u32::try_from(v.cid).unwrap_or(u32::MAX),
+                uds_path: v.socket.clone(),
+            }),
             ..Self::default()
         }
     }
@@ -520,15 +539,15 @@ mod tests {
         assert!(m(|m| m.mem_size_mib = 0).contains("memory"));
         assert!(m(|m| m.mem_size_mib = u64::MAX).contains("memory"));
         let r = VmResources {
-            vsock: Some(serde_json::json!({"guest_cid": 3})),
+            balloon: Some(serde_json::json!({"amount_mib": 3})),
             ..Default::default()
         };
         assert_eq!(
             r.vm_config(&base()).unwrap_err(),
-            Error::Unsupported("vsock".into())
+            Error::Unsupported("balloon".into())
         );
         let r = VmResources {
-            vsock: Some(serde_json::Value::Null),
+            balloon: Some(serde_json::Value::Null),
             ..Default::default()
         };
         assert_eq!(r.vm_config(&base()).unwrap_err(), Error::NoKernel);

@@ -1,6 +1,7 @@
 //! Every kind of virtio device kvmkit can give a guest, made from its configuration: one line per
 //! kind (docs/architecture.md, "Adding a device"). The order is the order the guest finds them in:
-//! disks (vda, vdb...), network cards (eth0...), the entropy source, the console (hvc0).
+//! disks (vda, vdb...), network cards (eth0...), the entropy source, the console (hvc0), the
+//! socket device (vsock0).
 
 use memory::GuestMemoryMmap;
 use virtio_devices::{Block, Net, Rng};
@@ -33,7 +34,8 @@ pub fn add_configured(
     let asked = config.disks.len()
         + config.nets.len()
         + usize::from(config.rng.is_some())
-        + usize::from(config.console.is_some());
+        + usize::from(config.console.is_some())
+        + usize::from(config.vsock.is_some());
     let mut placed = 0;
     let mut place = |dm: &mut DeviceManager, name: &str, device| -> Result<(), Error> {
         match dm.add_virtio(vm, mem, name, device) {
@@ -68,6 +70,11 @@ pub fn add_configured(
         dm.console_resize = console.resize;
         dm.console_relay = console.relay;
         place(dm, "hvc0", Box::new(console.device))?;
+    }
+    if let Some(vsock) = &config.vsock {
+        let (device, socket) = super::vsock::make("vsock0", vsock)?;
+        dm.vsock_socket = Some(socket);
+        place(dm, "vsock0", Box::new(device))?;
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ pub mod hvc;
 pub mod hvc_socket;
 mod legacy;
 mod virtio;
+pub mod vsock;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -61,10 +62,13 @@ pub enum Error {
     /// The virtio console's host side cannot be set up.
     #[error(transparent)]
     Console(#[from] hvc::Error),
+    /// The vsock device's host side cannot be set up.
+    #[error(transparent)]
+    Vsock(#[from] vsock::Error),
     /// More virtio devices than free interrupt lines (each device has a line of its own).
     #[error(
         "too many virtio devices: {asked} asked for (disks, network cards, the entropy device \
-         and the console together), room for {room}"
+         the console and vsock together), room for {room}"
     )]
     TooMany {
         /// Disks, network cards and the rng asked for.
@@ -103,6 +107,8 @@ pub struct DeviceManager {
     console_resize: Option<hvc::ResizeSource>,
     /// A socket console's relay, stopped (and its socket removed) with the devices.
     console_relay: Option<hvc_socket::SocketConsole>,
+    /// The vsock device's host socket, removed with the devices.
+    vsock_socket: Option<vsock::HostSocket>,
 }
 
 impl DeviceManager {
@@ -121,6 +127,7 @@ impl DeviceManager {
             console_drains: Vec::new(),
             console_resize: None,
             console_relay: None,
+            vsock_socket: None,
         }
     }
 

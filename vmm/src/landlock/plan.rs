@@ -67,7 +67,8 @@ impl Plan {
     }
 
     /// What `config` opens: kernel, initramfs, disks (read-only ones for reading), the TUN device
-    /// for its network cards, its serial and console files, a console's pseudo-terminal.
+    /// for its network cards, its serial and console files, a console's pseudo-terminal, the
+    /// vsock device's socket.
     pub fn vm(&mut self, config: &VmConfig) {
         self.existing(&config.boot.kernel, Permission::Read);
         if let Some(initramfs) = &config.boot.initramfs {
@@ -95,6 +96,11 @@ impl Plan {
             Some(ConsoleMode::Socket(path)) => self.socket(path),
             Some(ConsoleMode::Pty) => self.pty(),
             Some(ConsoleMode::Tty | ConsoleMode::Null) | None => {}
+        }
+        // The vsock device's socket is made; the guest's connections to `<socket>_P` are
+        // connects, which Landlock (up to ABI 7) does not restrict.
+        if let Some(vsock) = &config.devices.vsock {
+            self.socket(&vsock.socket);
         }
     }
 

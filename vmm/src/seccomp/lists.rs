@@ -8,16 +8,16 @@
 
 use libc::{
     SYS_accept4, SYS_brk, SYS_clock_gettime, SYS_clock_nanosleep, SYS_clone, SYS_clone3, SYS_close,
-    SYS_epoll_create1, SYS_epoll_ctl, SYS_epoll_pwait, SYS_epoll_wait, SYS_eventfd2, SYS_exit,
-    SYS_exit_group, SYS_fallocate, SYS_fcntl, SYS_fdatasync, SYS_flock, SYS_fstat, SYS_fsync,
-    SYS_ftruncate, SYS_futex, SYS_getpid, SYS_getrandom, SYS_gettid, SYS_ioctl, SYS_lseek,
-    SYS_madvise, SYS_mmap, SYS_mprotect, SYS_mremap, SYS_munmap, SYS_nanosleep, SYS_newfstatat,
-    SYS_openat, SYS_poll, SYS_ppoll, SYS_prctl, SYS_pread64, SYS_preadv, SYS_pwrite64, SYS_pwritev,
-    SYS_read, SYS_readv, SYS_recvfrom, SYS_rename, SYS_renameat2, SYS_restart_syscall, SYS_rseq,
-    SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_rt_sigreturn, SYS_sched_getaffinity, SYS_sched_yield,
-    SYS_seccomp, SYS_sendto, SYS_set_robust_list, SYS_setsockopt, SYS_shutdown, SYS_sigaltstack,
-    SYS_socket, SYS_statx, SYS_tgkill, SYS_timerfd_create, SYS_timerfd_settime, SYS_unlink,
-    SYS_write, SYS_writev,
+    SYS_connect, SYS_epoll_create1, SYS_epoll_ctl, SYS_epoll_pwait, SYS_epoll_wait, SYS_eventfd2,
+    SYS_exit, SYS_exit_group, SYS_fallocate, SYS_fcntl, SYS_fdatasync, SYS_flock, SYS_fstat,
+    SYS_fsync, SYS_ftruncate, SYS_futex, SYS_getpid, SYS_getrandom, SYS_gettid, SYS_ioctl,
+    SYS_lseek, SYS_madvise, SYS_mmap, SYS_mprotect, SYS_mremap, SYS_munmap, SYS_nanosleep,
+    SYS_newfstatat, SYS_openat, SYS_poll, SYS_ppoll, SYS_prctl, SYS_pread64, SYS_preadv,
+    SYS_pwrite64, SYS_pwritev, SYS_read, SYS_readv, SYS_recvfrom, SYS_rename, SYS_renameat2,
+    SYS_restart_syscall, SYS_rseq, SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_rt_sigreturn,
+    SYS_sched_getaffinity, SYS_sched_yield, SYS_seccomp, SYS_sendto, SYS_set_robust_list,
+    SYS_setsockopt, SYS_shutdown, SYS_sigaltstack, SYS_socket, SYS_statx, SYS_tgkill,
+    SYS_timerfd_create, SYS_timerfd_settime, SYS_unlink, SYS_write, SYS_writev,
 };
 use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
 
@@ -118,6 +118,19 @@ const CONSOLE_SOCKET: &[i64] = &[
     SYS_sendto,
 ];
 
+/// A vsock device's worker, beyond a device's: take host clients (accept), connect to host
+/// listeners for the guest (a Unix socket made non-blocking: `socket`, `ioctl` FIONBIO, `connect`),
+/// read and write them (Rust's `recv` and `send`), and shut their write side.
+const VSOCK: &[i64] = &[
+    SYS_accept4,
+    SYS_connect,
+    SYS_ioctl,
+    SYS_recvfrom,
+    SYS_sendto,
+    SYS_shutdown,
+    SYS_socket,
+];
+
 /// The main thread once the VM runs: it waits for the VM's end, restores the terminal (ioctl) and
 /// its input's file flags (fcntl), stops the API server and removes its socket.
 const MAIN: &[i64] = &[
@@ -183,10 +196,11 @@ pub fn allowed(kind: ThreadKind) -> Vec<i64> {
             EVENT_LOOP,
             WRITER,
             CONSOLE_SOCKET,
-            &[SYS_socket],
+            VSOCK,
         ],
-        ThreadKind::Vcpu => &[EVERY_THREAD, VCPU, DEVICE],
+        ThreadKind::Vcpu => &[EVERY_THREAD, VCPU, DEVICE, VSOCK],
         ThreadKind::Device => &[EVERY_THREAD, DEVICE],
+        ThreadKind::Vsock => &[EVERY_THREAD, DEVICE, VSOCK],
         ThreadKind::EventLoop => &[EVERY_THREAD, EVENT_LOOP],
         ThreadKind::Console | ThreadKind::Metrics => &[EVERY_THREAD, WRITER],
         ThreadKind::ConsoleSocket => &[EVERY_THREAD, CONSOLE_SOCKET],

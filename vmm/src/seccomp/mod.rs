@@ -67,11 +67,13 @@ pub enum ThreadKind {
     Metrics,
     /// The relay of a console on a socket (`--console socket=PATH`).
     ConsoleSocket,
+    /// A vsock device's worker: a device's calls, and its host sockets.
+    Vsock,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 8] = [
+    pub const ALL: [ThreadKind; 9] = [
         ThreadKind::Main,
         ThreadKind::Api,
         ThreadKind::Vcpu,
@@ -80,6 +82,7 @@ impl ThreadKind {
         ThreadKind::Console,
         ThreadKind::Metrics,
         ThreadKind::ConsoleSocket,
+        ThreadKind::Vsock,
     ];
 
     /// The kind's name, as messages and docs/security.md give it.
@@ -93,6 +96,7 @@ impl ThreadKind {
             Self::Console => "console",
             Self::Metrics => "metrics",
             Self::ConsoleSocket => "console socket",
+            Self::Vsock => "vsock",
         }
     }
 }
@@ -209,7 +213,8 @@ type Programs = (BpfProgram, Option<BpfProgram>);
 
 /// Each kind's programs for the mode set at start-up, built once ([`prepare`], or the first
 /// [`apply`]), or why they could not be built.
-static PROGRAMS: [OnceLock<Result<Programs, String>>; 8] = [const { OnceLock::new() }; 8];
+static PROGRAMS: [OnceLock<Result<Programs, String>>; ThreadKind::ALL.len()] =
+    [const { OnceLock::new() }; ThreadKind::ALL.len()];
 
 fn cached(kind: ThreadKind) -> Result<&'static Programs, Error> {
     PROGRAMS[kind as usize]

@@ -122,6 +122,10 @@ fn a_configuration_is_assembled_and_shown_in_firecrackers_layout() {
         ),
     );
     put("/entropy", "{}".into());
+    put(
+        "/vsock",
+        r#"{"vsock_id":"vsock0","guest_cid":3,"uds_path":"/run/v.sock"}"#.into(),
+    );
     let (status, _) = api.call("PATCH", "/machine-config", Some(r#"{"mem_size_mib":1024}"#));
     assert_eq!(status, 204);
     let c = api.get("/vm/config");
@@ -131,7 +135,9 @@ fn a_configuration_is_assembled_and_shown_in_firecrackers_layout() {
     assert_eq!(c["drives"][0]["drive_id"], "rootfs");
     assert_eq!(c["drives"][0]["is_root_device"], true);
     assert!(c["entropy"].is_object());
-    assert!(c["balloon"].is_null() && c["vsock"].is_null());
+    assert!(c["balloon"].is_null());
+    assert_eq!(c["vsock"]["guest_cid"], 3);
+    assert_eq!(c["vsock"]["uds_path"], "/run/v.sock");
     assert_eq!(c["network-interfaces"], serde_json::json!([]));
     // The same drive again replaces it; a second root device does not go in.
     put(
@@ -248,11 +254,18 @@ fn every_request_error_is_a_400_with_a_fault_message() {
         Some(r#"{"level":"Loud"}"#),
         "invalid log level",
     );
+    api.fails("PUT", "/vsock", Some("{}"), "missing field `guest_cid`");
     api.fails(
         "PUT",
         "/vsock",
+        Some(r#"{"guest_cid":2,"uds_path":"/run/v.sock"}"#),
+        "guest CID 2 is not usable",
+    );
+    api.fails(
+        "PUT",
+        "/balloon",
         Some("{}"),
-        "/vsock is not supported by kvmkit",
+        "/balloon is not supported by kvmkit",
     );
     api.fails(
         "PUT",
