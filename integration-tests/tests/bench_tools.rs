@@ -1,5 +1,5 @@
 //! The benchmark tools and tools/soak run and print well-formed results on short runs (one kvmkit
-//! boot each for tools/bench, tools/bench-snapshot and tools/soak, no QEMU).
+//! boot each for tools/bench, tools/bench-snapshot, tools/bench-vsock and tools/soak, no QEMU).
 //! Nothing here asserts a speed: the numbers are only checked to be numbers.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -51,6 +51,39 @@ fn tools_bench_prints_a_table_and_writes_a_chart() {
     let _ = std::fs::remove_file(&svg);
     assert!(chart.starts_with("<svg") && chart.trim_end().ends_with("</svg>"));
     assert!(chart.contains("<rect"), "{chart}");
+}
+
+#[test]
+fn tools_bench_vsock_prints_a_table() {
+    let out = Command::new(root().join("tools/bench-vsock"))
+        .args([
+            "--runs",
+            "1",
+            "--bytes",
+            "262144",
+            "--pings",
+            "5",
+            "--kvmkit",
+            env!("CARGO_BIN_EXE_kvmkit-e2e"),
+        ])
+        .env("KVMKIT_GUEST_DIR", kvmkit_integration_tests::guest_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let context = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{context}");
+    let cells = rows(&stdout, "| ");
+    let figures: Vec<&Vec<&str>> = cells
+        .iter()
+        .filter(|c| c[1].contains("round trip") || c[1].contains("echo"))
+        .collect();
+    assert_eq!(figures.len(), 3, "one row per figure:\n{context}");
+    for row in figures {
+        let value: f64 = row[2]
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number in {row:?}:\n{context}"));
+        assert!(value > 0.0, "{row:?}");
+    }
 }
 
 /// The cells of the table rows of `stdout` that start with `prefix`.

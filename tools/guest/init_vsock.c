@@ -25,6 +25,10 @@
  *   KVMKIT-VSOCK-STALL held=1            port 5003: a connection accepted and never read, until a
  *                                        second connection on the port says the host is done
  *
+ * With `kvmkit_vsock_bench=1` (tools/bench-vsock) it first echoes the byte-at-a-time round trips
+ * of one connection on port 5004 (`KVMKIT-VSOCK-PING n=K`: K bytes echoed), then runs the echo and
+ * the stream to the host, and stops there.
+ *
  * The stream is init_net.c's: a 64-bit xorshift state stepped once per 8 bytes, little-endian.
  */
 #include "init.h"
@@ -347,6 +351,22 @@ static void vanish(long out_fd, long l)
 	say(out_fd);
 }
 
+/* Port 5004: echo each byte at once, for the host to time round trips. */
+static void pings(long out_fd)
+{
+	long l = listen_on(5004), c = l < 0 ? -1 : accept_one(l), n = 0;
+	char b;
+	while (c >= 0 && sys3(SYS_read, c, (long)&b, 1) == 1 && sys3(SYS_write, c, (long)&b, 1) == 1)
+		n++;
+	if (c >= 0)
+		sys3(SYS_close, c, 0, 0);
+	if (l >= 0)
+		sys3(SYS_close, l, 0, 0);
+	put("KVMKIT-VSOCK-PING n=");
+	put_num(n);
+	say(out_fd);
+}
+
 /* Port 5003: hold a connection without reading it until the host's second one. */
 static void stall(long out_fd, long l)
 {
@@ -381,8 +401,13 @@ void vsock_checks(long out_fd, char **envp)
 	say(out_fd);
 	if (l[0] < 0)
 		return;
+	const char *bench = env_value(envp, "kvmkit_vsock_bench=");
+	if (bench && *bench == '1')
+		pings(out_fd);
 	echo(out_fd, l[0]);
 	guest_to_host(out_fd, total);
+	if (bench && *bench == '1')
+		return;
 	many(out_fd, l[1]);
 	vanish(out_fd, l[2]);
 	stall(out_fd, l[3]);

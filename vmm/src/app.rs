@@ -90,7 +90,8 @@ fn run(invocation: Invocation, timeline: Arc<Timeline>) -> i32 {
     }
     crate::seccomp::prepare(invocation.seccomp);
     virtio::on_thread_start(|name| {
-        crate::seccomp::apply_or_exit(if name.starts_with("vsock") {
+        // The vsock device is always `vsock0` (a network card named so gets its wider list too).
+        crate::seccomp::apply_or_exit(if name == "vsock0" {
             crate::seccomp::ThreadKind::Vsock
         } else {
             crate::seccomp::ThreadKind::Device
