@@ -227,6 +227,13 @@ fn a_firecracker_curl_sequence_boots_pauses_resumes_and_powers_off_the_guest() {
     ok(&sock, "PUT", "/boot-source", Some(&boot));
     ok(&sock, "PUT", "/machine-config", Some(&machine));
     ok(&sock, "PUT", "/drives/scratch", Some(&drive));
+    let vsock = s.0.join("v.sock");
+    ok(
+        &sock,
+        "PUT",
+        "/vsock",
+        Some(&json!({"guest_cid": 7, "uds_path": vsock})),
+    );
     ok(
         &sock,
         "PUT",
@@ -244,6 +251,7 @@ fn a_firecracker_curl_sequence_boots_pauses_resumes_and_powers_off_the_guest() {
     assert_eq!(config["boot-source"], boot);
     assert_eq!(config["drives"][0]["drive_id"], "scratch");
     assert_eq!(config["machine-config"]["mem_size_mib"], 256);
+    assert_eq!(config["vsock"]["guest_cid"], 7);
 
     // Wrong state: configuration after the start, a second start, resuming a running VM.
     let after = "not supported after starting the microVM";
@@ -271,6 +279,13 @@ fn a_firecracker_curl_sequence_boots_pauses_resumes_and_powers_off_the_guest() {
         "the guest's init did not get to its control loop\n{}",
         context()
     );
+    // The vsock device the API added: the guest (no listener on port 1234) refuses a host client.
+    match kvmkit_integration_tests::vsock::connect(&vsock, 1234) {
+        Err(kvmkit_integration_tests::vsock::ConnectError::Refused(said)) => {
+            assert_eq!(said, "", "closed without OK");
+        }
+        other => panic!("a connect to a port the guest does not listen on: {other:?}"),
+    }
     let out = vm.stdout();
     assert!(
         out.contains("KVMKIT-INPUT name=Power Button"),
