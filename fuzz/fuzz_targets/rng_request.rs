@@ -64,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
     if !queue.is_valid(&mem) {
         return;
     }
-    let rng = Rng::new("rng-fuzz", &RngConfig { max_request: cap });
+    let rng = Rng::new("rng-fuzz", &RngConfig::with_max_request(cap));
     let mut handler = Checked {
         inner: rng.handler(),
         cap,

@@ -13,7 +13,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use accel::{EventFd, SystemEvent, Vcpu, VcpuExit};
+use accel::{SystemEvent, Vcpu, VcpuExit};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::Buses;
 use crate::outcome::Outcome;

@@ -15,11 +15,9 @@ pub use state::{VcpuState, VmState};
 pub use vcpu::Vcpu;
 pub use vm::{IrqChip, Vm};
 
-pub use kvm_bindings;
-pub use vmm_sys_util::eventfd::EventFd;
-
 /// Errors from the KVM accelerator. Each names the ioctl or capability that failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// `/dev/kvm` could not be opened.
     #[error("cannot open /dev/kvm: {0} (is KVM enabled, and may this user use it?)")]

@@ -9,6 +9,7 @@ use crate::cpu::GuestCpu;
 
 /// Why guest memory could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AccessError {
     /// No page table entry maps this linear address.
     #[error("linear address {0:#x} is not mapped")]

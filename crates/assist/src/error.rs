@@ -22,6 +22,7 @@ impl fmt::Display for Bytes {
 
 /// Errors from [`Assist::handle`](crate::Assist::handle).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The vCPU's registers could not be read or written.
     #[error("instruction assist: {0}")]

@@ -40,6 +40,7 @@ use crate::cpu::GuestCpu;
 
 /// Errors from the system call bridge.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SyscallError {
     /// A vCPU ioctl failed.
     #[error("system call bridge: {0}")]

@@ -14,6 +14,7 @@ pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
 /// Errors from inserting devices into a [`Bus`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Error {
     /// The range has length zero or wraps past `u64::MAX`.
     #[error("invalid bus range: base {base:#x}, length {len:#x}")]

@@ -67,6 +67,7 @@ const CTRL_ALT_DEL: [u8; 11] = [
 
 /// Why keys could not be typed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyError {
     /// The guest has not read what was typed before.
     #[error("the i8042's output buffer is full: the guest has not read earlier keystrokes")]

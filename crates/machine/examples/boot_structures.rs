@@ -24,31 +24,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     mptable::write(&mem, 2)?;
     println!("MP table for 2 vCPUs written");
 
-    let rsdp = acpi::write(
-        &mem,
-        &AcpiConfig {
-            cpus: 2,
-            isa: vec![IsaDevice {
-                kind: IsaKind::Serial,
-                ports: vec![(0x3f8, 8)],
-                irq: Some(4),
-            }],
-            virtio_mmio: vec![MmioDevice {
-                base: 0xd000_0000,
-                size: 0x1000,
-                irq: 5,
-            }],
-            power: PowerPorts {
-                sleep_control: 0x600,
-                sleep_status: 0x601,
-                reset: 0x602,
-                reset_value: 1,
-                s5_sleep_type: 5,
-            },
-            ospm_probe: None,
-            power_button: None,
+    let mut config = AcpiConfig::new(
+        2,
+        PowerPorts {
+            sleep_control: 0x600,
+            sleep_status: 0x601,
+            reset: 0x602,
+            reset_value: 1,
+            s5_sleep_type: 5,
         },
-    )?;
+    );
+    config.isa.push(IsaDevice {
+        kind: IsaKind::Serial,
+        ports: vec![(0x3f8, 8)],
+        irq: Some(4),
+    });
+    config.virtio_mmio.push(MmioDevice {
+        base: 0xd000_0000,
+        size: 0x1000,
+        irq: 5,
+    });
+    let rsdp = acpi::write(&mem, &config)?;
     let mut sig = [0u8; 8];
     mem.read_slice(&mut sig, GuestAddress(rsdp))?;
     println!("ACPI: {} at {rsdp:#x}", String::from_utf8_lossy(&sig));

@@ -1,8 +1,8 @@
 //! The boot vCPU's registers: long mode for the Linux 64-bit entry, protected mode for PVH.
 
 use accel::Vcpu;
-use accel::kvm_bindings::{kvm_fpu, kvm_regs};
 use accel::x86::{cr0, cr4, efer};
+use kvm_bindings::{kvm_fpu, kvm_regs};
 use memory::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress};
 

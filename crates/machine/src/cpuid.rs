@@ -1,6 +1,6 @@
 //! The CPUID table a vCPU sees: KVM's supported set, normalised for a kvmkit guest.
 
-use accel::kvm_bindings::kvm_cpuid_entry2;
+use kvm_bindings::kvm_cpuid_entry2;
 
 /// Leaf 1 ECX: running under a hypervisor.
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;

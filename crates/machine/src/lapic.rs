@@ -1,6 +1,6 @@
 //! Local APIC setup: LINT0 as ExtINT (the PIC's virtual wire), LINT1 as NMI.
 
-use accel::kvm_bindings::kvm_lapic_state;
+use kvm_bindings::kvm_lapic_state;
 
 const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;

@@ -23,6 +23,7 @@ pub use kernel::{EntryKind, Initramfs, KernelFormat, LoadedKernel};
 
 /// Errors from building the machine and loading what it boots.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A file could not be opened or read.
     #[error("cannot read {what} {path}: {source}")]
@@ -161,7 +162,7 @@ pub fn configure_vcpu(
         cpuid::mask_hypercall_features(&mut entries);
     }
     if entries.len() != cpuid.as_slice().len() {
-        cpuid = accel::kvm_bindings::CpuId::from_entries(&entries)
+        cpuid = kvm_bindings::CpuId::from_entries(&entries)
             .map_err(|_| Error::BootStructure("CPUID table"))?;
     } else {
         cpuid.as_mut_slice().copy_from_slice(&entries);

@@ -1,7 +1,7 @@
 //! The MSRs a vCPU starts with.
 
-use accel::kvm_bindings::kvm_msr_entry;
 use accel::x86::msr;
+use kvm_bindings::kvm_msr_entry;
 
 const MISC_ENABLE_FAST_STRING: u64 = 1;
 

@@ -6,6 +6,7 @@ use crate::layout::{MMIO_DEVICES_END, MMIO_DEVICES_START};
 
 /// Errors from the resource allocator.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// No room left (or the exact range asked for is taken).
     #[error("cannot allocate {what} of size {size:#x}: {source}")]

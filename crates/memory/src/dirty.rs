@@ -171,6 +171,7 @@ impl GuestRam {
 
 /// Why a diff could not be written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WriteError {
     /// The page set is not this RAM's.
     #[error(transparent)]

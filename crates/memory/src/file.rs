@@ -24,6 +24,7 @@ const CHUNK: usize = 64 << 10;
 
 /// Why guest RAM could not be mapped from a file.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FileError {
     /// The file's size is not the RAM size the snapshot says.
     #[error("memory file is {found} bytes, the snapshot's guest has {expected} bytes of RAM")]

@@ -28,6 +28,7 @@ pub type GuestRegionMmap = vm_memory::GuestRegionMmap<AtomicBitmap>;
 
 /// Errors from creating guest RAM.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The size is not a whole number of 4 KiB pages.
     #[error("guest memory size {0:#x} is not a multiple of 4 KiB")]

@@ -23,6 +23,7 @@ use crate::{GuestMemoryMmap, PAGE_SIZE};
 
 /// Why file pages could not be mapped into guest memory (the caller then reads them instead).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MapFileError {
     /// The address, file offset or length is not a whole number of pages.
     #[error(

@@ -26,11 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(&image, &bytes)?;
     let disk = Block::new(
         "vda",
-        &BlockConfig {
-            path: image.clone(),
-            read_only: false,
-            serial: Some("example".into()),
-        },
+        &BlockConfig::new(image.clone()).serial(Some("example".into())),
     )?;
     println!("vda: {} sectors", disk.sectors());
 

@@ -34,6 +34,7 @@ pub struct Activation {
 
 /// Why a device could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ActivateError {
     /// The driver did not set up a queue the device needs.
     #[error("virtio: queue {0} is not ready")]

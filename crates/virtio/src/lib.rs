@@ -18,9 +18,6 @@ pub use mmio::MmioTransport;
 pub use queue::{ChainHandler, QueueHandler, drain, start_worker};
 pub use worker::{QueueError, Worker, on_thread_start};
 
-/// Re-exported so device crates and the VMM agree on the queue type.
-pub use virtio_queue;
-
 /// Feature bit: the device complies with virtio 1.x (required by the modern transport).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 /// Feature bit: the used/available event index fields suppress notifications.

@@ -112,6 +112,7 @@ impl std::fmt::Debug for MmioTransport {
 
 /// Errors from creating a transport.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A queue size the virtio-queue crate refuses (zero, not a power of two, above 32768).
     #[error("virtio-mmio: invalid maximum queue size {0}")]

@@ -59,6 +59,7 @@ pub struct MmioState {
 
 /// Why a transport state cannot be restored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RestoreError {
     /// The snapshot's device is of another type.
     #[error("virtio-mmio: snapshot has a device of type {found}, this one is {expected}")]

@@ -157,11 +157,11 @@ pub fn parse_disk(s: &str) -> Result<BlockConfig, Error> {
             _ => return Err(err("unknown key")),
         }
     }
-    Ok(BlockConfig {
-        path: path.ok_or_else(|| err("path= is missing"))?,
-        read_only,
-        serial,
-    })
+    Ok(
+        BlockConfig::new(path.ok_or_else(|| err("path= is missing"))?)
+            .read_only(read_only)
+            .serial(serial),
+    )
 }
 
 /// Parses `--net tap=NAME[,mac=AA:BB:CC:DD:EE:FF][,id=ID]` (Cloud Hypervisor's syntax).
@@ -188,11 +188,9 @@ pub fn parse_net(s: &str) -> Result<NetConfig, Error> {
             _ => return Err(err("unknown key")),
         }
     }
-    Ok(NetConfig {
-        tap: tap.ok_or_else(|| err("tap= is missing"))?,
-        mac,
-        id,
-    })
+    Ok(NetConfig::new(tap.ok_or_else(|| err("tap= is missing"))?)
+        .mac(mac)
+        .id(id))
 }
 
 /// Parses `--rng on|off`: the entropy device with its defaults, or none.

@@ -187,11 +187,9 @@ pub fn drive(d: &Drive) -> Result<BlockConfig, Error> {
         .ok_or_else(|| Error::NoPath(d.drive_id.clone()))?;
     readable("Drive", &path)?;
     let serial: String = d.drive_id.chars().take(MAX_SERIAL_LEN).collect();
-    Ok(BlockConfig {
-        path,
-        read_only: d.is_read_only.unwrap_or(false),
-        serial: Some(serial),
-    })
+    Ok(BlockConfig::new(path)
+        .read_only(d.is_read_only.unwrap_or(false))
+        .serial(Some(serial)))
 }
 
 /// The network card `n` describes.
@@ -220,11 +218,9 @@ pub fn network_interface(n: &NetworkInterface) -> Result<NetConfig, Error> {
                 .map_err(|e| Error::Mac(m.to_owned(), e.to_string()))
         })
         .transpose()?;
-    Ok(NetConfig {
-        tap: tap.clone(),
-        mac,
-        id: Some(n.iface_id.clone()),
-    })
+    Ok(NetConfig::new(tap.clone())
+        .mac(mac)
+        .id(Some(n.iface_id.clone())))
 }
 
 /// The entropy device `e` describes.

@@ -7,7 +7,6 @@ use std::io::Write;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use accel::EventFd;
 use bus::SharedDevice;
 use legacy::{
     ACPI_POWER, BOOT_TIMER, BootTimer, CMOS, COM1, COM1_IRQ, I8042, I8042_COMMAND, I8042_DATA,
@@ -15,6 +14,7 @@ use legacy::{
 };
 use machine::acpi::{IsaDevice, IsaKind, PowerPorts};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::{DeviceManager, Error};
 use crate::console::ConsoleOutput;

@@ -180,22 +180,20 @@ impl DeviceManager {
     /// What the ACPI tables say about the machine: `cpus` vCPUs and every device placed here.
     pub fn acpi_config(&self, cpus: u32) -> Option<AcpiConfig> {
         let power = self.power.filter(|_| self.acpi)?;
-        Some(AcpiConfig {
-            cpus,
-            isa: self.isa.clone(),
-            virtio_mmio: self
-                .virtio
-                .iter()
-                .map(|s| MmioDevice {
-                    base: s.base,
-                    size: ::virtio::mmio::WINDOW_SIZE as u32,
-                    irq: s.irq,
-                })
-                .collect(),
-            power,
-            ospm_probe: self.ospm_probe,
-            power_button: self.power_button,
-        })
+        let mut config = AcpiConfig::new(cpus, power);
+        config.isa = self.isa.clone();
+        config.virtio_mmio = self
+            .virtio
+            .iter()
+            .map(|s| MmioDevice {
+                base: s.base,
+                size: ::virtio::mmio::WINDOW_SIZE as u32,
+                irq: s.irq,
+            })
+            .collect();
+        config.ospm_probe = self.ospm_probe;
+        config.power_button = self.power_button;
+        Some(config)
     }
 
     /// Each virtio device's counters, keyed `<kind>_<name>` (`block_vda`, `net_eth0`, ...), for

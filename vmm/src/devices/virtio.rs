@@ -9,12 +9,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use accel::EventFd;
 use bus::SharedDevice;
 use memory::GuestMemoryMmap;
 use virtio::mmio::{NOTIFY_OFFSET, WINDOW_SIZE};
 use virtio::{DeviceCounters, MmioAlias, MmioTransport, VirtioDevice};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::{DeviceManager, Error};
 

@@ -73,11 +73,10 @@ fn a_plan_names_what_the_configuration_opens_and_creates_its_outputs() {
         serial: SerialMode::File(serial.clone()),
         boot_timeline: None,
     };
-    config.devices.disks.push(virtio_devices::BlockConfig {
-        path: disk.clone(),
-        read_only: true,
-        serial: None,
-    });
+    config
+        .devices
+        .disks
+        .push(virtio_devices::BlockConfig::new(disk.clone()).read_only(true));
     let extra = Rule {
         path: dir.clone(),
         access: Permission::Read,

@@ -40,6 +40,7 @@ const TABLE_ALIGN: u64 = 16;
 
 /// Errors from building or placing the ACPI tables.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A vCPU count the MADT cannot describe.
     #[error("ACPI: cannot describe {0} vCPUs (1 to 254)")]
@@ -121,8 +122,9 @@ pub struct PowerPorts {
     pub s5_sleep_type: u8,
 }
 
-/// What the ACPI tables describe.
+/// What the ACPI tables describe: [`AcpiConfig::new`], then the devices.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AcpiConfig {
     /// Number of vCPUs (APIC ids `0..cpus`).
     pub cpus: u32,
@@ -138,6 +140,21 @@ pub struct AcpiConfig {
     pub ospm_probe: Option<u16>,
     /// The GSI of the power button's Generic Event Device, if the machine has a power button.
     pub power_button: Option<u32>,
+}
+
+impl AcpiConfig {
+    /// A machine with `cpus` vCPUs and the power registers `power`, and no devices, OSPM probe or
+    /// power button yet (set the fields).
+    pub fn new(cpus: u32, power: PowerPorts) -> Self {
+        Self {
+            cpus,
+            isa: Vec::new(),
+            virtio_mmio: Vec::new(),
+            power,
+            ospm_probe: None,
+            power_button: None,
+        }
+    }
 }
 
 /// Builds the tables for `config`, writes them to guest memory at [`ACPI_START`], and returns the

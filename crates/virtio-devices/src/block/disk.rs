@@ -11,6 +11,7 @@ pub const SECTOR_SIZE: u64 = 512;
 
 /// Errors from opening a disk image.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The file cannot be opened.
     #[error("cannot open disk image {path}: {source}")]

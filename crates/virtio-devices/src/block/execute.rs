@@ -22,6 +22,7 @@ pub const MAX_RANGE_SECTORS: u32 = 1 << 22;
 
 /// Why a request failed (the guest gets `VIRTIO_BLK_S_IOERR` or `VIRTIO_BLK_S_UNSUPP`).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The sectors are past the end of the disk.
     #[error("sectors {sector}+{bytes} bytes are past the end of the disk")]

@@ -34,7 +34,14 @@ pub const QUEUE_SIZE: u16 = 256;
 const CONFIG_SIZE: usize = 60;
 
 /// How to make a disk.
+///
+/// ```
+/// use kvmkit_virtio_devices::BlockConfig;
+/// let c = BlockConfig::new("rootfs.ext4").read_only(true).serial(Some("root".into()));
+/// assert!(c.read_only);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct BlockConfig {
     /// The raw image file.
     pub path: PathBuf,
@@ -42,6 +49,31 @@ pub struct BlockConfig {
     pub read_only: bool,
     /// The serial the guest reads with GET_ID (at most 20 bytes are used).
     pub serial: Option<String>,
+}
+
+impl BlockConfig {
+    /// A writable disk on the image at `path`, without a serial.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            read_only: false,
+            serial: None,
+        }
+    }
+
+    /// The same disk, read-only (or not).
+    #[must_use]
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// The same disk, with `serial` for GET_ID.
+    #[must_use]
+    pub fn serial(mut self, serial: Option<String>) -> Self {
+        self.serial = serial;
+        self
+    }
 }
 
 /// A virtio-blk device.

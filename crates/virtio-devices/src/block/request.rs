@@ -91,6 +91,7 @@ pub struct Request {
 /// Why a chain is not a request. The chain is returned to the guest unanswered when there is no
 /// status byte to write, or with `VIRTIO_BLK_S_IOERR` when there is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ParseError {
     /// The chain has no descriptors at all (its head is outside the descriptor table).
     #[error("empty descriptor chain")]

@@ -9,6 +9,7 @@ pub struct MacAddr(pub [u8; 6]);
 
 /// Why a MAC address did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Not six hexadecimal byte pairs separated by colons.
     #[error("invalid MAC address '{0}': expected six hex bytes like 52:54:00:12:34:56")]

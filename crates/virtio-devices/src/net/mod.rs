@@ -69,7 +69,14 @@ pub trait Backend: AsRawFd + Send {
 }
 
 /// How to make a network device.
+///
+/// ```
+/// use kvmkit_virtio_devices::NetConfig;
+/// let c = NetConfig::new("tap0").id(Some("eth0".into()));
+/// assert_eq!((c.tap.as_str(), c.mac), ("tap0", None));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct NetConfig {
     /// The host tap device to open (it must exist).
     pub tap: String,
@@ -78,6 +85,31 @@ pub struct NetConfig {
     /// The device's name in log lines and its worker thread (`kvmkit-<id>`); `None` for the VMM
     /// to choose (`net0`, `net1`, ...).
     pub id: Option<String>,
+}
+
+impl NetConfig {
+    /// A card on the tap `tap`, its MAC made from the tap's name, its name chosen by the VMM.
+    pub fn new(tap: impl Into<String>) -> Self {
+        Self {
+            tap: tap.into(),
+            mac: None,
+            id: None,
+        }
+    }
+
+    /// The same card with the MAC `mac` (`None`: made from the tap's name).
+    #[must_use]
+    pub fn mac(mut self, mac: Option<MacAddr>) -> Self {
+        self.mac = mac;
+        self
+    }
+
+    /// The same card named `id` (`None`: chosen by the VMM).
+    #[must_use]
+    pub fn id(mut self, id: Option<String>) -> Self {
+        self.id = id;
+        self
+    }
 }
 
 /// What the device did, for metrics and tests. Counters only grow.
@@ -110,6 +142,7 @@ impl NetStats {
 
 /// Why a network device could not be made.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The tap could not be opened.
     #[error(transparent)]

@@ -46,6 +46,7 @@ pub const MAX_NAME_LEN: usize = 15;
 
 /// Why a tap could not be opened. Each names the tap and what to do.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The name cannot be an interface name.
     #[error("invalid tap name '{0}': 1 to 15 characters, no '/' or whitespace")]

@@ -29,9 +29,17 @@ pub const DEFAULT_MAX_REQUEST: u32 = 64 << 10;
 
 /// How to make an entropy device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct RngConfig {
     /// The most bytes one request gets, whatever the size of its buffers (at least 1).
     pub max_request: u32,
+}
+
+impl RngConfig {
+    /// At most `max_request` bytes per request (at least 1 is used).
+    pub fn with_max_request(max_request: u32) -> Self {
+        Self { max_request }
+    }
 }
 
 impl Default for RngConfig {
