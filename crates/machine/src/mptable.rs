@@ -4,8 +4,7 @@
 //! The floating pointer and the configuration table go at the start of the BIOS area (0xf0000, reserved
 //! in the e820 map), where Linux's MP-table scan looks and where there is room for 254 CPUs.
 
-use memory::GuestMemoryMmap;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::{Error, Result};
 
@@ -155,7 +154,7 @@ pub fn build(base: u64, cpus: u32) -> Result<Vec<u8>> {
 }
 
 /// Writes the MP table for `cpus` vCPUs at [`MPTABLE_START`].
-pub fn write(mem: &GuestMemoryMmap, cpus: u32) -> Result<()> {
+pub fn write<M: GuestMemoryBackend>(mem: &M, cpus: u32) -> Result<()> {
     let bytes = build(MPTABLE_START, cpus)?;
     mem.write_slice(&bytes, GuestAddress(MPTABLE_START))
         .map_err(|_| Error::BootStructure("MP table"))

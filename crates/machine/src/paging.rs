@@ -1,7 +1,6 @@
 //! Identity page tables for entering long mode.
 
-use memory::GuestMemoryMmap;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::layout::{PD_START, PDPT_START, PML4_START};
 use crate::{Error, Result};
@@ -10,7 +9,7 @@ const PRESENT_WRITABLE: u64 = 0x3;
 const PAGE_SIZE_2M: u64 = 0x80;
 
 /// Writes page tables that identity-map the first 4 GiB with 2 MiB pages; returns the CR3 value.
-pub fn write_identity_map(mem: &GuestMemoryMmap) -> Result<u64> {
+pub fn write_identity_map<M: GuestMemoryBackend>(mem: &M) -> Result<u64> {
     let write = |value: u64, addr: u64| {
         mem.write_obj(value, GuestAddress(addr))
             .map_err(|_| Error::BootStructure("identity page tables"))
@@ -30,6 +29,7 @@ pub fn write_identity_map(mem: &GuestMemoryMmap) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use memory::GuestMemoryMmap;
 
     #[test]
     fn maps_the_last_2m_page_below_4g() {

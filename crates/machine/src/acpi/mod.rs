@@ -18,8 +18,7 @@ use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::xsdt::XSDT;
-use memory::GuestMemoryMmap;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::layout::{ACPI_END, ACPI_START};
 
@@ -159,7 +158,7 @@ impl AcpiConfig {
 
 /// Builds the tables for `config`, writes them to guest memory at [`ACPI_START`], and returns the
 /// RSDP's address.
-pub fn write(mem: &GuestMemoryMmap, config: &AcpiConfig) -> Result<u64, Error> {
+pub fn write<M: GuestMemoryBackend>(mem: &M, config: &AcpiConfig) -> Result<u64, Error> {
     let dsdt = dsdt::build(
         &config.isa,
         &config.virtio_mmio,
@@ -237,6 +236,7 @@ fn fadt(dsdt_at: u64, power: &PowerPorts) -> acpi_tables::fadt::FADT {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use memory::GuestMemoryMmap;
 
     fn config(cpus: u32, virtio: usize) -> AcpiConfig {
         AcpiConfig {
