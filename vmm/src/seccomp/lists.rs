@@ -7,17 +7,18 @@
 //! an API connection thread starts a whole VM (`PUT /actions` InstanceStart, `/snapshot/load`).
 
 use libc::{
-    SYS_accept4, SYS_brk, SYS_clock_gettime, SYS_clock_nanosleep, SYS_clone, SYS_clone3, SYS_close,
-    SYS_connect, SYS_epoll_create1, SYS_epoll_ctl, SYS_epoll_pwait, SYS_epoll_wait, SYS_eventfd2,
-    SYS_exit, SYS_exit_group, SYS_fallocate, SYS_fcntl, SYS_fdatasync, SYS_flock, SYS_fstat,
-    SYS_fsync, SYS_ftruncate, SYS_futex, SYS_getpid, SYS_getrandom, SYS_gettid, SYS_ioctl,
-    SYS_lseek, SYS_madvise, SYS_mmap, SYS_mprotect, SYS_mremap, SYS_munmap, SYS_nanosleep,
-    SYS_newfstatat, SYS_openat, SYS_poll, SYS_ppoll, SYS_prctl, SYS_pread64, SYS_preadv,
-    SYS_pwrite64, SYS_pwritev, SYS_read, SYS_readv, SYS_recvfrom, SYS_rename, SYS_renameat2,
-    SYS_restart_syscall, SYS_rseq, SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_rt_sigreturn,
-    SYS_sched_getaffinity, SYS_sched_yield, SYS_seccomp, SYS_sendto, SYS_set_robust_list,
-    SYS_setsockopt, SYS_shutdown, SYS_sigaltstack, SYS_socket, SYS_statx, SYS_tgkill,
-    SYS_timerfd_create, SYS_timerfd_settime, SYS_unlink, SYS_write, SYS_writev,
+    SYS_accept4, SYS_bind, SYS_brk, SYS_chmod, SYS_clock_gettime, SYS_clock_nanosleep, SYS_clone,
+    SYS_clone3, SYS_close, SYS_connect, SYS_epoll_create1, SYS_epoll_ctl, SYS_epoll_pwait,
+    SYS_epoll_wait, SYS_eventfd2, SYS_exit, SYS_exit_group, SYS_fallocate, SYS_fcntl,
+    SYS_fdatasync, SYS_flock, SYS_fstat, SYS_fsync, SYS_ftruncate, SYS_futex, SYS_getpid,
+    SYS_getrandom, SYS_gettid, SYS_ioctl, SYS_listen, SYS_lseek, SYS_madvise, SYS_mmap,
+    SYS_mprotect, SYS_mremap, SYS_munmap, SYS_nanosleep, SYS_newfstatat, SYS_openat, SYS_poll,
+    SYS_ppoll, SYS_prctl, SYS_pread64, SYS_preadv, SYS_pwrite64, SYS_pwritev, SYS_read, SYS_readv,
+    SYS_recvfrom, SYS_rename, SYS_renameat2, SYS_restart_syscall, SYS_rseq, SYS_rt_sigaction,
+    SYS_rt_sigprocmask, SYS_rt_sigreturn, SYS_sched_getaffinity, SYS_sched_yield, SYS_seccomp,
+    SYS_sendto, SYS_set_robust_list, SYS_setsockopt, SYS_shutdown, SYS_sigaltstack, SYS_socket,
+    SYS_statx, SYS_tgkill, SYS_timerfd_create, SYS_timerfd_settime, SYS_unlink, SYS_write,
+    SYS_writev,
 };
 use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
 
@@ -147,14 +148,18 @@ const MAIN: &[i64] = &[
 /// The API: its connections (accept, read, write, poll with timeouts), and what the requests do:
 /// build and start a VM (opening the kernel, disks, taps, /dev/kvm; KVM ioctls; eventfds and
 /// threads), write and read snapshots (create, truncate, positioned I/O, fsync, rename,
-/// /proc/self/pagemap), open a log or metrics file. The threads it starts install their own
+/// /proc/self/pagemap), open a log or metrics file, make a vsock device's socket (`bind`, `listen`,
+/// `chmod` to 0600: `PUT /vsock`, then InstanceStart). The threads it starts install their own
 /// filters (`seccomp`). Listed here: only what the API adds to the device, vCPU, event-loop and
 /// writer lists, which it holds too ([`allowed`]).
 const API: &[i64] = &[
     SYS_accept4,
+    SYS_bind,
+    SYS_chmod,
     SYS_flock,
     SYS_fstat,
     SYS_ftruncate,
+    SYS_listen,
     SYS_newfstatat,
     SYS_openat,
     SYS_poll,
