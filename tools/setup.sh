@@ -3,7 +3,9 @@
 # (e2fsprogs), the API tests (curl), the snapshot test (ping) and the benchmarks (QEMU, strace, the
 # peer in tools/bench) need, builds kvmkit (release) and the test guest (tools/guest/build.sh, cached
 # after the first run), and fetches Debian's cloud kernel for the instruction-assist boot test
-# (tools/guest/debian-kernel.sh). tmux drives the guest terminal test; util-linux (unshare) the full-disk test.
+# (tools/guest/debian-kernel.sh), and builds a Debian root filesystem (tools/guest/rootfs.sh,
+# debootstrap from deb.debian.org). tmux drives the guest terminal test; util-linux (unshare) the
+# full-disk test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +16,7 @@ fi
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
 pkgs=(linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils lz4 e2fsprogs
-      qemu-system-x86 python3 iproute2 iputils-ping curl strace tmux util-linux)
+      qemu-system-x86 python3 iproute2 iputils-ping curl strace tmux util-linux debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -26,5 +28,7 @@ command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust 1.95
 
 tools/guest/build.sh
 tools/guest/debian-kernel.sh
+# The Debian root filesystem (debootstrap needs root; cached after the first run).
+$sudo tools/guest/rootfs.sh
 cargo build --release -p kvmkit
 echo "setup: done. kvmkit is target/release/kvmkit; the test guest is in target/guest/" >&2
