@@ -3,7 +3,6 @@
 use accel::Vcpu;
 use accel::x86::{cr0, cr4, efer};
 use kvm_bindings::{kvm_fpu, kvm_regs};
-use memory::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::gdt::{GDT_LONG_MODE, GDT_PROTECTED_MODE, segment};
@@ -14,9 +13,9 @@ use crate::{Error, Result};
 
 /// Puts the boot vCPU at `entry` in the mode `kind` requires, with `boot_info` (zero page or
 /// `hvm_start_info`) in `rsi` or `rbx`. Writes the GDT (and, for long mode, the identity page tables).
-pub fn setup_boot_cpu(
+pub fn setup_boot_cpu<M: vm_memory::GuestMemoryBackend>(
     vcpu: &Vcpu,
-    mem: &GuestMemoryMmap,
+    mem: &M,
     kind: EntryKind,
     entry: u64,
     boot_info: u64,

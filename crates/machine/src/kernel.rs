@@ -141,8 +141,8 @@ pub struct Initramfs {
 }
 
 /// Loads the initramfs at `path` at the top of RAM below `limit` (page-aligned), above `kernel_end`.
-pub fn load_initramfs(
-    mem: &GuestMemoryMmap,
+pub fn load_initramfs<M: vm_memory::GuestMemoryBackend>(
+    mem: &M,
     path: &Path,
     kernel_end: u64,
     limit: u64,

@@ -55,7 +55,8 @@ pub const MAX_FRAME: usize = HDR_LEN + 65550;
 const CONFIG_SIZE: usize = 10;
 
 /// What the device sends and receives frames through: a [`Tap`], or a fake one in tests. Frames
-/// carry the 12-byte virtio-net header first. The descriptor must be non-blocking.
+/// carry the 12-byte virtio-net header first. The descriptor must be non-blocking; it is exposed
+/// (`AsRawFd`) only for the device's worker to watch it with epoll.
 pub trait Backend: AsRawFd + Send {
     /// Reads one frame into `buf`; `WouldBlock` when none is waiting.
     fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
