@@ -351,10 +351,11 @@ static void vanish(long out_fd, long l)
 	say(out_fd);
 }
 
-/* Port 5004: echo each byte at once, for the host to time round trips. */
-static void pings(long out_fd)
+/* Port 5004 (listening since before READY): echo each byte at once, for the host to time round
+ * trips. */
+static void pings(long out_fd, long l)
 {
-	long l = listen_on(5004), c = l < 0 ? -1 : accept_one(l), n = 0;
+	long c = l < 0 ? -1 : accept_one(l), n = 0;
 	char b;
 	while (c >= 0 && sys3(SYS_read, c, (long)&b, 1) == 1 && sys3(SYS_write, c, (long)&b, 1) == 1)
 		n++;
@@ -387,7 +388,10 @@ void vsock_checks(long out_fd, char **envp)
 	long total = 0;
 	for (const char *c = bytes ? bytes : "1048576"; *c >= '0' && *c <= '9'; c++)
 		total = total * 10 + (*c - '0');
-	long l[4];
+	const char *bench = env_value(envp, "kvmkit_vsock_bench=");
+	int benching = bench && *bench == '1';
+	/* Every listener exists before READY: the host connects as soon as it reads it. */
+	long l[4], ping_listener = benching ? listen_on(5004) : -1;
 	for (int i = 0; i < 4; i++)
 		l[i] = listen_on(5000 + (unsigned)i);
 	unsigned int cid = 0;
@@ -401,12 +405,11 @@ void vsock_checks(long out_fd, char **envp)
 	say(out_fd);
 	if (l[0] < 0)
 		return;
-	const char *bench = env_value(envp, "kvmkit_vsock_bench=");
-	if (bench && *bench == '1')
-		pings(out_fd);
+	if (benching)
+		pings(out_fd, ping_listener);
 	echo(out_fd, l[0]);
 	guest_to_host(out_fd, total);
-	if (bench && *bench == '1')
+	if (benching)
 		return;
 	many(out_fd, l[1]);
 	vanish(out_fd, l[2]);
