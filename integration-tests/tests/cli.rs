@@ -263,14 +263,27 @@ fn config_files_and_api_sockets_kvmkit_cannot_use() {
     let file = scratch(
         "vm3.json",
         format!(
-            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "vsock": {{"guest_cid": 3}}}}"#,
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "balloon": {{"amount_mib": 3}}}}"#,
             s(&k)
         )
         .as_bytes(),
     );
     assert_bad_input(
         &kvmkit(&["--config-file", s(&file)]),
-        "vsock is not supported by kvmkit",
+        "balloon is not supported by kvmkit",
+    );
+    // A vsock section kvmkit has, but incomplete: the error names the field.
+    let vsock = scratch(
+        "vm4.json",
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "vsock": {{"guest_cid": 3}}}}"#,
+            s(&k)
+        )
+        .as_bytes(),
+    );
+    assert_bad_input(
+        &kvmkit(&["--config-file", s(&vsock)]),
+        "vsock: missing field `uds_path`",
     );
     assert_bad_input(
         &kvmkit(&["--config-file", "/nonexistent/vm.json"]),
