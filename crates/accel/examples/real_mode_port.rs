@@ -5,8 +5,7 @@
 //! Needs /dev/kvm (read and write): `cargo run -p kvmkit-accel --example real_mode_port`.
 
 use kvmkit_accel::{IrqChip, Kvm, VcpuExit};
-use memory::GuestMemoryMmap;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// mov si, 0x1010 ; mov dx, 0x3f8 ; next: lodsb ; out dx, al ; test al, al ; jnz next ; hlt — and at
 /// 0x1010, the string. The string's final NUL goes out too: it tells this program the guest is done
@@ -26,7 +25,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let kvm = Kvm::new()?;
     let vm = kvm.create_vm()?;
     vm.create_irqchip(IrqChip::Full)?;
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)])?;
+    // vm-memory's plain mmap-backed memory (no dirty-page bitmap): accel needs no other crate of
+    // kvmkit's.
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)])?;
     mem.write_slice(&CODE, GuestAddress(0x1000))?;
     mem.write_slice(b"KVM\n\0", GuestAddress(0x1010))?;
     vm.add_guest_memory(&mem, false)?;

@@ -15,6 +15,10 @@ pub use state::{VcpuState, VmState};
 pub use vcpu::Vcpu;
 pub use vm::{IrqChip, Vm};
 
+/// The guest memory registered with a VM, held by the VM and each of its vCPUs so the mappings KVM
+/// uses outlive all of them.
+type KeepAlive = std::sync::Arc<std::sync::Mutex<Vec<Box<dyn std::any::Any + Send + Sync>>>>;
+
 /// Errors from the KVM accelerator. Each names the ioctl or capability that failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

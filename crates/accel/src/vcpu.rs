@@ -1,13 +1,11 @@
 //! One virtual CPU: register plumbing and `KVM_RUN` with exit decoding.
 
 use std::mem::ManuallyDrop;
-use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
     CpuId, Msrs, kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_translation,
 };
 use kvm_ioctls::VcpuFd;
-use memory::GuestMemoryMmap;
 
 use crate::exit::{SystemEvent, internal_error};
 use crate::{Error, InternalError, Result, VcpuExit};
@@ -31,11 +29,11 @@ pub struct Vcpu {
     interrupted: bool,
     /// The VM's guest memory: the mappings KVM reads and writes while this vCPU runs stay alive as long
     /// as the vCPU does.
-    _memory: Arc<Mutex<Vec<GuestMemoryMmap>>>,
+    _memory: crate::KeepAlive,
 }
 
 impl Vcpu {
-    pub(crate) fn new(fd: VcpuFd, id: u64, memory: Arc<Mutex<Vec<GuestMemoryMmap>>>) -> Self {
+    pub(crate) fn new(fd: VcpuFd, id: u64, memory: crate::KeepAlive) -> Self {
         Self {
             fd: ManuallyDrop::new(fd),
             id,

@@ -5,8 +5,8 @@ use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_r
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
-use memory::GuestMemoryMmap;
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{Error, Result, Vcpu};
@@ -36,7 +36,7 @@ pub struct Vm {
     max_slots: usize,
     /// Keeps every registered mapping alive as long as KVM may access it: shared with every vCPU, so
     /// the mappings outlive both this handle and all vCPUs.
-    memory: Arc<Mutex<Vec<GuestMemoryMmap>>>,
+    memory: crate::KeepAlive,
     next_slot: std::sync::atomic::AtomicU32,
     /// The slots KVM logs writes to (`KVM_MEM_LOG_DIRTY_PAGES`): number and size, in the order
     /// they were added.
@@ -93,7 +93,17 @@ impl Vm {
     /// they outlive every use KVM makes of them. With `log_dirty_pages`, KVM records which pages
     /// the guest writes ([`Vm::take_dirty_log`]), at the cost of write faults on the first write
     /// to each page after every read of the log.
-    pub fn add_guest_memory(&self, memory: &GuestMemoryMmap, log_dirty_pages: bool) -> Result<()> {
+    ///
+    /// The memory is vm-memory's mmap-backed `GuestMemoryMmap` (kvmkit-memory's, with its dirty-page
+    /// bitmap, or one with any other bitmap or none): KVM is handed the host addresses
+    /// of its mappings, and keeping a clone of it alive must keep those mappings alive, which a
+    /// `GuestMemoryMmap`'s clones do (they share the mappings) and an arbitrary
+    /// [`GuestMemoryBackend`] need not.
+    pub fn add_guest_memory<B: Bitmap + Send + Sync + 'static>(
+        &self,
+        memory: &GuestMemoryMmap<B>,
+        log_dirty_pages: bool,
+    ) -> Result<()> {
         use std::sync::atomic::Ordering;
         for region in memory.iter() {
             let next = self.next_slot.fetch_add(1, Ordering::SeqCst);
@@ -129,7 +139,7 @@ impl Vm {
         self.memory
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(memory.clone());
+            .push(Box::new(memory.clone()));
         Ok(())
     }
 

@@ -2,8 +2,7 @@
 //! because consecutive linear pages need not be consecutive in guest-physical memory.
 
 use iced_x86::{Decoder, DecoderOptions, Instruction};
-use memory::GuestMemoryMmap;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::cpu::GuestCpu;
 
@@ -40,7 +39,7 @@ impl AccessError {
 /// first failure, and the failure; `(buf.len(), None)` when all were.
 pub fn read_linear(
     cpu: &impl GuestCpu,
-    memory: &GuestMemoryMmap,
+    memory: &impl GuestMemoryBackend,
     linear: u64,
     buf: &mut [u8],
 ) -> (usize, Option<AccessError>) {
@@ -71,7 +70,7 @@ pub struct Fetched {
 /// `bitness`-bit code.
 pub fn fetch_instruction(
     cpu: &impl GuestCpu,
-    memory: &GuestMemoryMmap,
+    memory: &impl GuestMemoryBackend,
     linear: u64,
     ip: u64,
     bitness: u32,

@@ -5,7 +5,7 @@
 use accel::x86::{cr0, cr4, rflags, vector};
 use iced_x86::{Code, Formatter, Instruction, IntelFormatter, Mnemonic, OpKind};
 use kvm_bindings::{kvm_regs, kvm_sregs};
-use memory::GuestMemoryMmap;
+use vm_memory::GuestMemoryBackend;
 
 use crate::counts::Kind;
 use crate::cpu::GuestCpu;
@@ -21,9 +21,9 @@ const ARITH_FLAGS: u64 =
     rflags::CF | rflags::PF | rflags::AF | rflags::ZF | rflags::SF | rflags::OF;
 
 /// The vCPU at the instruction being assisted.
-pub(crate) struct At<'a, C: GuestCpu> {
+pub(crate) struct At<'a, C: GuestCpu, M: GuestMemoryBackend> {
     pub cpu: &'a C,
-    pub memory: &'a GuestMemoryMmap,
+    pub memory: &'a M,
     pub regs: kvm_regs,
     pub sregs: kvm_sregs,
     pub mode: Mode,
@@ -32,7 +32,7 @@ pub(crate) struct At<'a, C: GuestCpu> {
     pub bytes: &'a [u8],
 }
 
-impl<C: GuestCpu> At<'_, C> {
+impl<C: GuestCpu, M: GuestMemoryBackend> At<'_, C, M> {
     /// The address of the next instruction, wrapped as the CPU wraps IP in 16- and 32-bit code.
     fn next_rip(&self) -> u64 {
         let next = self.instr.next_ip();
@@ -140,7 +140,9 @@ impl<C: GuestCpu> At<'_, C> {
 }
 
 /// Finishes `at.instr`, or says why not.
-pub(crate) fn assist<C: GuestCpu>(at: At<'_, C>) -> Result<Resolution, Error> {
+pub(crate) fn assist<C: GuestCpu, M: GuestMemoryBackend>(
+    at: At<'_, C, M>,
+) -> Result<Resolution, Error> {
     match at.instr.code() {
         Code::Int3 => int3(at),
         Code::Wait => fwait(at),
@@ -158,7 +160,7 @@ pub(crate) fn assist<C: GuestCpu>(at: At<'_, C>) -> Result<Resolution, Error> {
 /// INT3: the guest's #BP handler runs with the return address after the INT3, as on a CPU. With no
 /// gate for #BP in the IDT (an empty IDT, which Linux's `reboot=t` loads on purpose) the CPU would
 /// end up in a triple fault: so does the VM.
-fn int3<C: GuestCpu>(at: At<'_, C>) -> Result<Resolution, Error> {
+fn int3<C: GuestCpu, M: GuestMemoryBackend>(at: At<'_, C, M>) -> Result<Resolution, Error> {
     if !at.idt_has(vector::BP) {
         return Ok(Resolution::TripleFault(Kind::Int3));
     }
@@ -171,7 +173,7 @@ fn int3<C: GuestCpu>(at: At<'_, C>) -> Result<Resolution, Error> {
 
 /// FWAIT: waits for pending unmasked x87 exceptions, which the backend's guests never have pending
 /// (Linux masks them). With CR0.MP and CR0.TS set, it raises #NM instead.
-fn fwait<C: GuestCpu>(at: At<'_, C>) -> Result<Resolution, Error> {
+fn fwait<C: GuestCpu, M: GuestMemoryBackend>(at: At<'_, C, M>) -> Result<Resolution, Error> {
     if at.sregs.cr0 & (cr0::MP | cr0::TS) == (cr0::MP | cr0::TS) {
         return at.fault(Kind::Fwait, vector::NM, None);
     }
@@ -179,7 +181,11 @@ fn fwait<C: GuestCpu>(at: At<'_, C>) -> Result<Resolution, Error> {
 }
 
 /// CLAC / STAC: clear or set RFLAGS.AC. #UD outside ring 0 or without CR4.SMAP, as on a CPU.
-fn smap_flag<C: GuestCpu>(mut at: At<'_, C>, kind: Kind, set: bool) -> Result<Resolution, Error> {
+fn smap_flag<C: GuestCpu, M: GuestMemoryBackend>(
+    mut at: At<'_, C, M>,
+    kind: Kind,
+    set: bool,
+) -> Result<Resolution, Error> {
     if at.mode.cpl != 0 || at.sregs.cr4 & cr4::SMAP == 0 {
         return at.fault(kind, vector::UD, None);
     }
@@ -192,7 +198,7 @@ fn smap_flag<C: GuestCpu>(mut at: At<'_, C>, kind: Kind, set: bool) -> Result<Re
 }
 
 /// POPCNT r, r/m: the number of set bits; ZF if the source is 0; CF, PF, AF, SF, OF cleared.
-fn popcnt<C: GuestCpu>(mut at: At<'_, C>) -> Result<Resolution, Error> {
+fn popcnt<C: GuestCpu, M: GuestMemoryBackend>(mut at: At<'_, C, M>) -> Result<Resolution, Error> {
     let dest = at.instr.op0_register();
     let size = dest.size();
     let source = match at.instr.op1_kind() {
@@ -219,7 +225,10 @@ fn popcnt<C: GuestCpu>(mut at: At<'_, C>) -> Result<Resolution, Error> {
 
 /// RDRAND / RDSEED r: a random value from the host's kernel (getrandom), CF set (valid), the other
 /// arithmetic flags cleared.
-fn random<C: GuestCpu>(mut at: At<'_, C>, kind: Kind) -> Result<Resolution, Error> {
+fn random<C: GuestCpu, M: GuestMemoryBackend>(
+    mut at: At<'_, C, M>,
+    kind: Kind,
+) -> Result<Resolution, Error> {
     let mut buf = [0u8; 8];
     // SAFETY: getrandom writes at most buf.len() bytes into the buffer we own.
     let got = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -241,7 +250,10 @@ fn random<C: GuestCpu>(mut at: At<'_, C>, kind: Kind) -> Result<Resolution, Erro
 /// LDMXCSR m32 / STMXCSR m32: load or store the SSE control/status register, which KVM keeps in the
 /// vCPU's XSAVE image. #UD with CR0.EM set or CR4.OSFXSR clear, #NM with CR0.TS set, #GP(0) for a
 /// reserved bit, #PF for an operand the page tables do not allow, #GP(0) for a non-canonical one.
-fn mxcsr<C: GuestCpu>(at: At<'_, C>, kind: Kind) -> Result<Resolution, Error> {
+fn mxcsr<C: GuestCpu, M: GuestMemoryBackend>(
+    at: At<'_, C, M>,
+    kind: Kind,
+) -> Result<Resolution, Error> {
     if at.sregs.cr0 & cr0::EM != 0 || at.sregs.cr4 & cr4::OSFXSR == 0 {
         return at.fault(kind, vector::UD, None);
     }

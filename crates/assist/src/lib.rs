@@ -16,6 +16,7 @@ pub mod testing;
 mod tests;
 
 use memory::GuestMemoryMmap;
+use vm_memory::GuestMemoryBackend;
 
 pub use access::AccessError;
 pub use counts::{Counts, Kind};
@@ -37,16 +38,17 @@ pub enum Resolution {
 
 /// Finishes the guest instructions that a software KVM backend's emulator gives up on
 /// (`KVM_EXIT_INTERNAL_ERROR`, emulation failure), and counts them. One per VM, shared by its vCPU
-/// threads.
+/// threads. `M` is the guest memory it reads and writes (kvmkit's by default; any
+/// [`GuestMemoryBackend`] works).
 #[derive(Debug)]
-pub struct Assist {
-    memory: GuestMemoryMmap,
+pub struct Assist<M = GuestMemoryMmap> {
+    memory: M,
     counts: Counts,
 }
 
-impl Assist {
+impl<M: GuestMemoryBackend> Assist<M> {
     /// An assist that reads the guest's code and operands from `memory`.
-    pub fn new(memory: GuestMemoryMmap) -> Self {
+    pub fn new(memory: M) -> Self {
         Self {
             memory,
             counts: Counts::default(),
@@ -54,7 +56,7 @@ impl Assist {
     }
 
     /// The guest memory the assist reads code and operands from.
-    pub fn memory(&self) -> &GuestMemoryMmap {
+    pub fn memory(&self) -> &M {
         &self.memory
     }
 

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use accel::x86::{cr0, cr4, efer, pf_error, rflags};
 use kvm_bindings::kvm_sregs;
-use memory::GuestMemoryMmap;
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileMemory};
 
@@ -69,7 +68,7 @@ struct Leaf {
 
 /// Reads `buf.len()` bytes at `linear` as the CPU would for `access` (a read).
 pub fn read(
-    memory: &GuestMemoryMmap,
+    memory: &impl GuestMemoryBackend,
     sregs: &kvm_sregs,
     flags: u64,
     linear: u64,
@@ -90,7 +89,7 @@ pub fn read(
 /// Writes `data` at `linear` as the CPU would for `access` (a write): every page is translated and
 /// checked before any byte is written, so a write that faults changes nothing.
 pub fn write(
-    memory: &GuestMemoryMmap,
+    memory: &impl GuestMemoryBackend,
     sregs: &kvm_sregs,
     flags: u64,
     linear: u64,
@@ -126,7 +125,7 @@ pub(crate) fn split_at_pages(linear: u64, len: usize) -> impl Iterator<Item = (u
 
 /// The pieces of `len` bytes at `linear`, one per page: (offset, guest-physical address, bytes).
 fn pages(
-    memory: &GuestMemoryMmap,
+    memory: &impl GuestMemoryBackend,
     sregs: &kvm_sregs,
     flags: u64,
     linear: u64,
@@ -150,7 +149,7 @@ fn pages(
 /// Translates `linear` for `access` from the vCPU state `sregs` and `flags` (RFLAGS), setting the
 /// accessed bit of every entry on the way and, for a write, the dirty bit of the last.
 pub fn translate(
-    memory: &GuestMemoryMmap,
+    memory: &impl GuestMemoryBackend,
     sregs: &kvm_sregs,
     flags: u64,
     linear: u64,
@@ -186,7 +185,11 @@ pub fn translate(
 }
 
 /// Walks the page tables: `None` if an entry on the way is not present.
-fn walk(memory: &GuestMemoryMmap, sregs: &kvm_sregs, linear: u64) -> Result<Option<Leaf>, Fault> {
+fn walk(
+    memory: &impl GuestMemoryBackend,
+    sregs: &kvm_sregs,
+    linear: u64,
+) -> Result<Option<Leaf>, Fault> {
     let mut leaf = Leaf {
         physical: linear,
         writable: true,
@@ -258,7 +261,7 @@ fn walk(memory: &GuestMemoryMmap, sregs: &kvm_sregs, linear: u64) -> Result<Opti
 
 /// Sets `bits` in the entry at `entry` atomically (another vCPU may be walking or changing it), and
 /// marks its page written for dirty-page tracking.
-fn set_bits(memory: &GuestMemoryMmap, entry: Entry, bits: u64) {
+fn set_bits(memory: &impl GuestMemoryBackend, entry: Entry, bits: u64) {
     let size = if entry.wide { 8 } else { 4 };
     let Ok(slice) = memory.get_slice(GuestAddress(entry.at), size) else {
         return;
@@ -280,6 +283,7 @@ fn set_bits(memory: &GuestMemoryMmap, entry: Entry, bits: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use memory::GuestMemoryMmap;
 
     const READ: Access = Access {
         write: false,

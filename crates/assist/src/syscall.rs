@@ -31,7 +31,7 @@
 
 use accel::x86::{msr, pf_error, rflags, vector};
 use iced_x86::FlowControl;
-use memory::GuestMemoryMmap;
+use vm_memory::GuestMemoryBackend;
 
 use crate::Assist;
 use crate::access::{fetch_instruction, read_linear};
@@ -83,7 +83,7 @@ impl SyscallBridge {
     /// 64-bit #PF gate yet; its system calls then behave as without kvmkit.
     pub fn lstar_written(
         &mut self,
-        assist: &Assist,
+        assist: &Assist<impl GuestMemoryBackend>,
         cpu: &impl GuestCpu,
         value: u64,
     ) -> Result<bool, SyscallError> {
@@ -100,7 +100,7 @@ impl SyscallBridge {
     /// The vCPU stopped at a debug exception at `pc`.
     pub fn breakpoint(
         &mut self,
-        assist: &Assist,
+        assist: &Assist<impl GuestMemoryBackend>,
         cpu: &impl GuestCpu,
         pc: u64,
     ) -> Result<Entry, SyscallError> {
@@ -167,7 +167,7 @@ impl SyscallBridge {
     /// once there (the backend ignores RFLAGS.RF, so the breakpoint cannot stay put).
     fn pass(
         &mut self,
-        assist: &Assist,
+        assist: &Assist<impl GuestMemoryBackend>,
         cpu: &impl GuestCpu,
         pc: u64,
     ) -> Result<Entry, SyscallError> {
@@ -193,7 +193,7 @@ const USER_END: u64 = 1 << 47;
 /// True if `rcx` is where a SYSCALL leaves it: a user-half address right after a SYSCALL
 /// instruction. A ring-3 jump to the entry point (which faults the same way) with any other RCX
 /// is not a system call, and gets the page fault a CPU would give it.
-fn follows_syscall(cpu: &impl GuestCpu, memory: &GuestMemoryMmap, rcx: u64) -> bool {
+fn follows_syscall(cpu: &impl GuestCpu, memory: &impl GuestMemoryBackend, rcx: u64) -> bool {
     let Some(at) = rcx
         .checked_sub(SYSCALL.len() as u64)
         .filter(|_| rcx < USER_END)
@@ -205,13 +205,16 @@ fn follows_syscall(cpu: &impl GuestCpu, memory: &GuestMemoryMmap, rcx: u64) -> b
 }
 
 /// The address of the instruction after the one at `pc`, if that one always falls through to it.
-fn next_instruction(cpu: &impl GuestCpu, memory: &GuestMemoryMmap, pc: u64) -> Option<u64> {
+fn next_instruction(cpu: &impl GuestCpu, memory: &impl GuestMemoryBackend, pc: u64) -> Option<u64> {
     let instr = fetch_instruction(cpu, memory, pc, pc, 64).instr;
     (!instr.is_invalid() && instr.flow_control() == FlowControl::Next).then(|| instr.next_ip())
 }
 
 /// The address of the #PF handler in the guest's IDT, if the IDT has a 64-bit gate for it.
-fn pf_handler(cpu: &impl GuestCpu, memory: &GuestMemoryMmap) -> Result<Option<u64>, SyscallError> {
+fn pf_handler(
+    cpu: &impl GuestCpu,
+    memory: &impl GuestMemoryBackend,
+) -> Result<Option<u64>, SyscallError> {
     let sregs = cpu.sregs()?;
     let offset = u64::from(vector::PF) * 16;
     if u64::from(sregs.idt.limit) < offset + 15 {

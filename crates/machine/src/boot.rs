@@ -9,8 +9,7 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use memory::GuestMemoryMmap;
-use vm_memory::GuestAddress;
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::e820::E820Entry;
 use crate::kernel::{EntryKind, Initramfs, LoadedKernel};
@@ -38,8 +37,8 @@ pub fn cmdline(text: &str) -> Result<Cmdline> {
 
 /// Writes the command line and the boot structures `kernel.entry_kind` needs, pointing the kernel at
 /// the ACPI RSDP if there is one. Returns the address the entry register (`rsi` or `ebx`) must hold.
-pub fn write_boot_info(
-    mem: &GuestMemoryMmap,
+pub fn write_boot_info<M: GuestMemoryBackend>(
+    mem: &M,
     kernel: &LoadedKernel,
     cmdline: &Cmdline,
     initramfs: Option<Initramfs>,
@@ -58,8 +57,8 @@ pub fn write_boot_info(
     }
 }
 
-fn write_pvh(
-    mem: &GuestMemoryMmap,
+fn write_pvh<M: GuestMemoryBackend>(
+    mem: &M,
     initramfs: Option<Initramfs>,
     map: &[E820Entry],
     rsdp: Option<u64>,
@@ -108,8 +107,8 @@ fn write_pvh(
     Ok(PVH_INFO_START)
 }
 
-fn write_zero_page(
-    mem: &GuestMemoryMmap,
+fn write_zero_page<M: GuestMemoryBackend>(
+    mem: &M,
     kernel: &LoadedKernel,
     cmdline_size: usize,
     initramfs: Option<Initramfs>,
@@ -159,6 +158,7 @@ fn write_zero_page(
 mod tests {
     use super::*;
     use crate::kernel::KernelFormat;
+    use memory::GuestMemoryMmap;
     use vm_memory::Bytes;
 
     fn mem() -> GuestMemoryMmap {

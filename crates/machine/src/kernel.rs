@@ -80,7 +80,9 @@ fn open(path: &Path, what: &'static str) -> Result<File> {
 
 /// Loads the kernel at `path` into `mem`, choosing PVH for an ELF with a PVH note. Whole pages of
 /// its segments are mapped from the file rather than copied (`kernel_image`): the file must not
-/// be changed in place while the VM runs.
+/// be changed in place while the VM runs. That mapping is why `mem` is kvmkit-memory's
+/// `GuestMemoryMmap` rather than any guest memory: it replaces pages of its mmap-backed regions
+/// in place and marks them in their dirty-page bitmaps.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel> {
     let mut file = open(path, "kernel")?;
     if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {

@@ -127,8 +127,9 @@ pub fn map_file_pages(
     Ok(())
 }
 
-/// The guest-physical address of host address `host`, if it lies in a region of `mem`.
-pub fn guest_address_of(mem: &GuestMemoryMmap, host: *const u8) -> Option<GuestAddress> {
+/// The guest-physical address of host address `host`, if it lies in a region of `mem` (any guest
+/// memory whose regions have host addresses).
+pub fn guest_address_of<M: GuestMemoryBackend>(mem: &M, host: *const u8) -> Option<GuestAddress> {
     mem.iter().find_map(|region| {
         let base = region.get_host_address(MemoryRegionAddress(0)).ok()? as usize;
         let at = (host as usize).checked_sub(base)?;

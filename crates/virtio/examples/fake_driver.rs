@@ -7,7 +7,8 @@
 
 use kvmkit_virtio::testing::{FakeDriver, W};
 use kvmkit_virtio::{
-    ActivateError, Activation, ChainHandler, VIRTIO_F_VERSION_1, VirtioDevice, Worker, start_worker,
+    ActivateError, Activation, ChainHandler, DeviceModel, VIRTIO_F_VERSION_1, VirtioDevice, Worker,
+    start_worker,
 };
 use memory::GuestMemoryMmap;
 use virtio_queue::DescriptorChain;
@@ -32,7 +33,7 @@ impl ChainHandler for Pattern {
 /// The device: one queue, no configuration space.
 struct PatternDevice(Option<Worker>);
 
-impl VirtioDevice for PatternDevice {
+impl DeviceModel for PatternDevice {
     fn device_type(&self) -> u32 {
         42
     }
@@ -45,12 +46,15 @@ impl VirtioDevice for PatternDevice {
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
+    fn reset(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl VirtioDevice for PatternDevice {
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
         self.0 = Some(start_worker("pattern", a, Pattern)?);
         Ok(())
-    }
-    fn reset(&mut self) {
-        self.0 = None;
     }
 }
 

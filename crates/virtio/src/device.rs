@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use memory::GuestMemoryMmap;
 use virtio_queue::Queue;
+use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::Interrupt;
@@ -19,17 +20,37 @@ pub struct ActiveQueue {
     pub kick: EventFd,
 }
 
+/// Guest memory a device can work in: any [`GuestMemoryBackend`] a device's worker thread can own
+/// a handle to. kvmkit's own is [`memory::GuestMemoryMmap`] (the default everywhere); a
+/// `vm_memory::GuestMemoryMmap<()>` (no dirty-page bitmap) or another backend works as well.
+pub trait DeviceMemory: GuestMemoryBackend + Clone + Send + Sync + 'static {}
+
+impl<T: GuestMemoryBackend + Clone + Send + Sync + 'static> DeviceMemory for T {}
+
 /// What a device gets when the driver activates it.
 #[derive(Debug)]
-pub struct Activation {
+pub struct Activation<M = GuestMemoryMmap> {
     /// Guest memory, where the rings and buffers are.
-    pub mem: GuestMemoryMmap,
+    pub mem: M,
     /// The features the driver accepted.
     pub features: u64,
     /// The queues the driver made ready, in index order.
     pub queues: Vec<ActiveQueue>,
     /// The device's interrupt.
     pub interrupt: Arc<Interrupt>,
+}
+
+impl<M> Activation<M> {
+    /// Takes queue `index` out of [`Activation::queues`]: a device's `activate` picks its queues
+    /// this way, and fails with [`ActivateError::QueueNotReady`] if the driver did not set one up.
+    pub fn take_queue(&mut self, index: u16) -> Result<ActiveQueue, ActivateError> {
+        let at = self
+            .queues
+            .iter()
+            .position(|q| q.index == index)
+            .ok_or(ActivateError::QueueNotReady(index))?;
+        Ok(self.queues.remove(at))
+    }
 }
 
 /// Why a device could not start.
@@ -53,12 +74,14 @@ pub trait DeviceCounters: Send + Sync + std::fmt::Debug {
     fn counters(&self) -> Vec<(&'static str, u64)>;
 }
 
-/// A virtio device model: its identity, features, configuration space and queues.
+/// A virtio device model, whatever guest memory it works in: its identity, features,
+/// configuration space, lifecycle and counters. [`VirtioDevice`] adds starting it in guest memory;
+/// a device implements both.
 ///
 /// The transport owns the feature negotiation and status state machine and calls
 /// [`VirtioDevice::activate`] once the driver sets DRIVER_OK with valid queues, and
-/// [`VirtioDevice::reset`] when the driver resets the device.
-pub trait VirtioDevice: Send {
+/// [`DeviceModel::reset`] when the driver resets the device.
+pub trait DeviceModel: Send {
     /// The virtio device id (2 = block, 1 = net, 4 = rng, ...).
     fn device_type(&self) -> u32;
 
@@ -76,15 +99,12 @@ pub trait VirtioDevice: Send {
         let _ = (offset, data);
     }
 
-    /// Starts the device on the queues the driver set up.
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
-
     /// Stops the device (its workers, its queues) and returns it to the state before activation.
     fn reset(&mut self);
 
     /// Stops the device's work without the driver knowing (a pause, a snapshot): the next
     /// [`VirtioDevice::activate`] goes on where it stopped. A device that keeps state with the
-    /// host (open connections) keeps it here; the default is [`VirtioDevice::reset`].
+    /// host (open connections) keeps it here; the default is [`DeviceModel::reset`].
     fn pause(&mut self) {
         self.reset();
     }
@@ -99,9 +119,16 @@ pub trait VirtioDevice: Send {
     }
 }
 
+/// A [`DeviceModel`] that works in guest memory `M` (see [`DeviceMemory`]): what a transport
+/// holds. kvmkit's devices implement it for every `M`.
+pub trait VirtioDevice<M: DeviceMemory = GuestMemoryMmap>: DeviceModel {
+    /// Starts the device on the queues the driver set up.
+    fn activate(&mut self, activation: Activation<M>) -> Result<(), ActivateError>;
+}
+
 /// What a read of `data.len()` bytes at `offset` of a configuration space holding `config` gives:
 /// the bytes that are there, zeros past its end (and for an offset past it). For
-/// [`VirtioDevice::read_config`].
+/// [`DeviceModel::read_config`].
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     data.fill(0);
     let Ok(start) = usize::try_from(offset) else {

@@ -11,11 +11,12 @@ pub mod worker;
 
 pub use alias::MmioAlias;
 pub use device::{
-    ActivateError, Activation, ActiveQueue, DeviceCounters, VirtioDevice, read_config_bytes,
+    ActivateError, Activation, ActiveQueue, DeviceCounters, DeviceMemory, DeviceModel,
+    VirtioDevice, read_config_bytes,
 };
 pub use interrupt::Interrupt;
 pub use mmio::MmioTransport;
-pub use queue::{ChainHandler, QueueHandler, drain, start_worker};
+pub use queue::{ChainHandler, QueueHandler, drain, notify_used, start_worker};
 pub use worker::{QueueError, Worker, on_thread_start};
 
 /// Feature bit: the device complies with virtio 1.x (required by the modern transport).

@@ -34,7 +34,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::device::{Activation, ActiveQueue, VirtioDevice};
+use crate::device::{Activation, ActiveQueue, DeviceMemory, VirtioDevice};
 use crate::interrupt::Interrupt;
 
 #[path = "mmio_state.rs"]
@@ -85,9 +85,11 @@ const REG_CONFIG_GENERATION: u64 = 0x0fc;
 const VENDOR_ID: u32 = u32::from_le_bytes(*b"KVMK");
 
 /// A virtio device behind the virtio-mmio register window.
-pub struct MmioTransport {
-    device: Box<dyn VirtioDevice>,
-    mem: GuestMemoryMmap,
+///
+/// `M` is the guest memory the rings and buffers are in (see [`DeviceMemory`]).
+pub struct MmioTransport<M: DeviceMemory = GuestMemoryMmap> {
+    device: Box<dyn VirtioDevice<M>>,
+    mem: M,
     interrupt: Arc<Interrupt>,
     queues: Vec<Queue>,
     kicks: Vec<EventFd>,
@@ -100,7 +102,7 @@ pub struct MmioTransport {
     active: bool,
 }
 
-impl std::fmt::Debug for MmioTransport {
+impl<M: DeviceMemory> std::fmt::Debug for MmioTransport<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MmioTransport")
             .field("device_type", &self.device.device_type())
@@ -122,13 +124,9 @@ pub enum Error {
     EventFd(#[source] std::io::Error),
 }
 
-impl MmioTransport {
+impl<M: DeviceMemory> MmioTransport<M> {
     /// Puts `device` behind a register window; `irq` is the eventfd its interrupt triggers.
-    pub fn new(
-        device: Box<dyn VirtioDevice>,
-        mem: GuestMemoryMmap,
-        irq: EventFd,
-    ) -> Result<Self, Error> {
+    pub fn new(device: Box<dyn VirtioDevice<M>>, mem: M, irq: EventFd) -> Result<Self, Error> {
         let queues = device
             .queue_max_sizes()
             .iter()
@@ -416,7 +414,7 @@ impl MmioTransport {
     }
 }
 
-impl BusDevice for MmioTransport {
+impl<M: DeviceMemory> BusDevice for MmioTransport<M> {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         data.fill(0);
         if offset >= CONFIG_OFFSET {
@@ -457,7 +455,7 @@ impl BusDevice for MmioTransport {
     }
 }
 
-impl Drop for MmioTransport {
+impl<M: DeviceMemory> Drop for MmioTransport<M> {
     fn drop(&mut self) {
         if self.active {
             self.device.reset();

@@ -8,7 +8,7 @@ use virtio_queue::QueueT;
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::device::{ActivateError, Activation, VirtioDevice};
+use crate::device::{ActivateError, Activation, DeviceModel, VirtioDevice};
 use crate::mmio::MmioTransport;
 use crate::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
@@ -31,7 +31,7 @@ struct Record {
 
 struct Dummy(Arc<Mutex<Record>>);
 
-impl VirtioDevice for Dummy {
+impl DeviceModel for Dummy {
     fn device_type(&self) -> u32 {
         42
     }
@@ -55,6 +55,12 @@ impl VirtioDevice for Dummy {
             }
         }
     }
+    fn reset(&mut self) {
+        self.0.lock().unwrap().resets += 1;
+    }
+}
+
+impl VirtioDevice for Dummy {
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
         let queues = a
             .queues
@@ -67,9 +73,6 @@ impl VirtioDevice for Dummy {
             .activations
             .push((a.features, queues));
         Ok(())
-    }
-    fn reset(&mut self) {
-        self.0.lock().unwrap().resets += 1;
     }
 }
 

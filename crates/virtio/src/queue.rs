@@ -12,27 +12,28 @@ use std::sync::Arc;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use memory::GuestMemoryMmap;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryBackend;
 
-use crate::{ActiveQueue, Interrupt, QueueError, Worker};
+use crate::{ActiveQueue, DeviceMemory, Interrupt, QueueError, Worker};
 
-/// What a device does with one descriptor chain.
-pub trait ChainHandler: Send {
+/// What a device does with one descriptor chain in guest memory `M`.
+pub trait ChainHandler<M: GuestMemoryBackend = GuestMemoryMmap>: Send {
     /// Answers the request in `chain` (buffers in `mem`); returns how many bytes it wrote into the
     /// chain's device-writable buffers (the used length).
-    fn handle(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32;
+    fn handle(&mut self, mem: &M, chain: DescriptorChain<&M>) -> u32;
 }
 
 /// One queue and the handler of its chains: the event subscriber a device's [`Worker`]
 /// runs, or a loop a benchmark drives by hand with [`QueueHandler::process_queue`].
-pub struct QueueHandler<H> {
+pub struct QueueHandler<H, M = GuestMemoryMmap> {
     name: String,
-    mem: GuestMemoryMmap,
+    mem: M,
     queue: ActiveQueue,
     interrupt: Arc<Interrupt>,
     handler: H,
 }
 
-impl<H> std::fmt::Debug for QueueHandler<H> {
+impl<H, M> std::fmt::Debug for QueueHandler<H, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueueHandler")
             .field("name", &self.name)
@@ -41,11 +42,11 @@ impl<H> std::fmt::Debug for QueueHandler<H> {
     }
 }
 
-impl<H: ChainHandler> QueueHandler<H> {
+impl<M: GuestMemoryBackend, H: ChainHandler<M>> QueueHandler<H, M> {
     /// `handler` answering `queue`'s chains in `mem`; `name` prefixes log lines.
     pub fn new(
         name: &str,
-        mem: GuestMemoryMmap,
+        mem: M,
         queue: ActiveQueue,
         interrupt: Arc<Interrupt>,
         handler: H,
@@ -76,9 +77,9 @@ impl<H: ChainHandler> QueueHandler<H> {
 /// interrupts the driver through `interrupt` if it wants that: what a notification of a queue whose
 /// chains are answered one by one calls for. An error means the queue itself is broken (the device
 /// needs a reset); `name` prefixes log lines.
-pub fn drain<H: ChainHandler + ?Sized>(
+pub fn drain<M: GuestMemoryBackend, H: ChainHandler<M> + ?Sized>(
     name: &str,
-    mem: &GuestMemoryMmap,
+    mem: &M,
     queue: &mut Queue,
     interrupt: &Interrupt,
     handler: &mut H,
@@ -89,7 +90,7 @@ pub fn drain<H: ChainHandler + ?Sized>(
         if event_idx {
             queue.disable_notification(mem)?;
         }
-        let chains: Vec<DescriptorChain<&GuestMemoryMmap>> = queue.iter(mem)?.collect();
+        let chains: Vec<DescriptorChain<&M>> = queue.iter(mem)?.collect();
         let size = queue.size();
         for chain in chains {
             let head = chain.head_index();
@@ -112,7 +113,18 @@ pub fn drain<H: ChainHandler + ?Sized>(
     Ok(())
 }
 
-impl<H: ChainHandler> MutEventSubscriber for QueueHandler<H> {
+/// Interrupts the driver through `interrupt` after the device put chains in `queue`'s used ring,
+/// if the driver asked for that (event-index aware) or if that cannot be told (a `used_event`
+/// outside guest memory): better a spurious interrupt than a driver left waiting. For devices
+/// that fill their used rings themselves rather than through [`drain`].
+pub fn notify_used<M: GuestMemoryBackend>(queue: &mut Queue, mem: &M, interrupt: &Interrupt) {
+    match queue.needs_notification(mem) {
+        Ok(false) => {}
+        Ok(true) | Err(_) => interrupt.signal_used_queue(),
+    }
+}
+
+impl<M: GuestMemoryBackend, H: ChainHandler<M>> MutEventSubscriber for QueueHandler<H, M> {
     fn process(&mut self, _events: Events, ops: &mut EventOps<'_>) {
         let _ = self.queue.kick.read();
         if let Err(source) = self.process_queue() {
@@ -139,21 +151,13 @@ impl<H: ChainHandler> MutEventSubscriber for QueueHandler<H> {
 /// Starts a one-queue device: `handler` answering queue 0 of `activation` on a new [`Worker`]
 /// named `name` (what a one-queue device's [`VirtioDevice::activate`](crate::VirtioDevice::activate)
 /// does).
-pub fn start_worker<H: ChainHandler + 'static>(
+pub fn start_worker<M: DeviceMemory, H: ChainHandler<M> + 'static>(
     name: &str,
-    activation: crate::Activation,
+    mut activation: crate::Activation<M>,
     handler: H,
 ) -> Result<Worker, crate::ActivateError> {
-    let crate::Activation {
-        mem,
-        queues,
-        interrupt,
-        ..
-    } = activation;
-    let queue = queues
-        .into_iter()
-        .find(|q| q.index == 0)
-        .ok_or(crate::ActivateError::QueueNotReady(0))?;
+    let queue = activation.take_queue(0)?;
+    let crate::Activation { mem, interrupt, .. } = activation;
     let subscriber = QueueHandler::new(name, mem, queue, interrupt.clone(), handler);
     Worker::spawn(name, subscriber, interrupt).map_err(crate::ActivateError::Worker)
 }
@@ -162,7 +166,7 @@ pub fn start_worker<H: ChainHandler + 'static>(
 mod tests {
     use super::*;
     use crate::testing::{FakeDriver, W};
-    use crate::{ActivateError, Activation, VIRTIO_F_VERSION_1, VirtioDevice};
+    use crate::{ActivateError, Activation, DeviceModel, VIRTIO_F_VERSION_1, VirtioDevice};
 
     /// Answers chains with their first buffer's length, and panics on a buffer of 13 bytes.
     struct Fragile;
@@ -177,7 +181,7 @@ mod tests {
 
     struct FragileDevice(Option<Worker>);
 
-    impl VirtioDevice for FragileDevice {
+    impl DeviceModel for FragileDevice {
         fn device_type(&self) -> u32 {
             42
         }
@@ -190,12 +194,15 @@ mod tests {
         fn read_config(&self, _offset: u64, data: &mut [u8]) {
             data.fill(0);
         }
+        fn reset(&mut self) {
+            self.0 = None;
+        }
+    }
+
+    impl VirtioDevice for FragileDevice {
         fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
             self.0 = Some(start_worker("fragile", a, Fragile)?);
             Ok(())
-        }
-        fn reset(&mut self) {
-            self.0 = None;
         }
     }
 

@@ -18,7 +18,7 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::{MmioTransport, VirtioDevice};
+use crate::{DeviceMemory, MmioTransport, VirtioDevice};
 
 /// Descriptor flag: the device reads this buffer.
 pub const R: u16 = 0;
@@ -47,18 +47,19 @@ struct DriverQueue {
 }
 
 /// A driver of one device: the transport, its guest memory, its interrupt, and the driver's view of
-/// each queue.
-pub struct FakeDriver {
+/// each queue. `M` is the guest memory type (kvmkit's by default; see
+/// [`FakeDriver::with_memory`]).
+pub struct FakeDriver<M: DeviceMemory = GuestMemoryMmap> {
     /// The device behind its register window.
-    pub transport: MmioTransport,
+    pub transport: MmioTransport<M>,
     /// Guest memory (rings and buffers).
-    pub mem: GuestMemoryMmap,
+    pub mem: M,
     /// The device's interrupt eventfd (what KVM's irqfd would be).
     pub irq: EventFd,
     queues: Vec<DriverQueue>,
 }
 
-impl std::fmt::Debug for FakeDriver {
+impl<M: DeviceMemory> std::fmt::Debug for FakeDriver<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FakeDriver")
             .field("transport", &self.transport)
@@ -82,6 +83,14 @@ impl FakeDriver {
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size)]),
             "guest memory",
         );
+        Self::with_memory(device, mem, size)
+    }
+}
+
+impl<M: DeviceMemory> FakeDriver<M> {
+    /// `device` behind a transport over `mem` (another guest memory type than kvmkit's, say one
+    /// without a dirty-page bitmap), which must hold the rings at 0x10000 and the test's buffers.
+    pub fn with_memory(device: Box<dyn VirtioDevice<M>>, mem: M, size: u16) -> Self {
         let irq = must(EventFd::new(EFD_NONBLOCK), "eventfd");
         let queues = device
             .queue_max_sizes()

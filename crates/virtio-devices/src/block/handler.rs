@@ -5,10 +5,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use memory::GuestMemoryMmap;
 use virtio::{ChainHandler, DeviceCounters};
 use virtio_queue::DescriptorChain;
-use vm_memory::Bytes;
+use vm_memory::{Bytes, GuestMemoryBackend};
 
 use super::disk::DiskImage;
 use super::execute::{STATUS_IOERR, STATUS_OK, execute};
@@ -112,9 +111,9 @@ impl Requests {
     }
 }
 
-impl ChainHandler for Requests {
+impl<M: GuestMemoryBackend> ChainHandler<M> for Requests {
     /// Answers one request; returns the used length (bytes written into the chain, status included).
-    fn handle(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+    fn handle(&mut self, mem: &M, chain: DescriptorChain<&M>) -> u32 {
         match parse(chain, mem) {
             Ok(req) => {
                 let done = execute(&req, mem, &self.disk, &self.serial).and_then(|n| {
@@ -158,7 +157,12 @@ impl ChainHandler for Requests {
 }
 
 impl Requests {
-    fn write_status(&self, mem: &GuestMemoryMmap, at: vm_memory::GuestAddress, status: u8) {
+    fn write_status<M: GuestMemoryBackend>(
+        &self,
+        mem: &M,
+        at: vm_memory::GuestAddress,
+        status: u8,
+    ) {
         // The parser checked the status byte is in guest memory.
         if let Err(e) = mem.write_obj(status, at) {
             log::warn!("{}: cannot write the request status: {e}", self.name);

@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use virtio::{
-    ActivateError, Activation, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, Worker,
+    ActivateError, Activation, DeviceMemory, DeviceModel, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, Worker,
 };
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
@@ -149,7 +149,7 @@ impl Block {
     }
 }
 
-impl VirtioDevice for Block {
+impl DeviceModel for Block {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_BLOCK
     }
@@ -166,15 +166,6 @@ impl VirtioDevice for Block {
         virtio::read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        let flush = a.features & (1 << VIRTIO_BLK_F_FLUSH) != 0;
-        let requests = Requests::new(&self.name, self.disk.clone(), self.serial.clone())
-            .counting(self.stats.clone())
-            .write_through(!flush);
-        self.worker = Some(virtio::start_worker(&self.name, a, requests)?);
-        Ok(())
-    }
-
     fn reset(&mut self) {
         // Dropping the worker stops its thread and waits for it.
         self.worker = None;
@@ -182,6 +173,17 @@ impl VirtioDevice for Block {
 
     fn counters(&self) -> Option<Arc<dyn virtio::DeviceCounters>> {
         Some(self.stats.clone())
+    }
+}
+
+impl<M: DeviceMemory> VirtioDevice<M> for Block {
+    fn activate(&mut self, a: Activation<M>) -> Result<(), ActivateError> {
+        let flush = a.features & (1 << VIRTIO_BLK_F_FLUSH) != 0;
+        let requests = Requests::new(&self.name, self.disk.clone(), self.serial.clone())
+            .counting(self.stats.clone())
+            .write_through(!flush);
+        self.worker = Some(virtio::start_worker(&self.name, a, requests)?);
+        Ok(())
     }
 }
 

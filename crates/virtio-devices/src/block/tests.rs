@@ -328,3 +328,40 @@ fn a_full_filesystem_gives_the_guest_ioerr_and_the_device_goes_on() {
         assert!(stderr.contains(line), "{line:?} not in {stderr}");
     }
 }
+
+/// The device is generic over guest memory: behind a memory without kvmkit's dirty-page bitmap
+/// (`vm_memory::GuestMemoryMmap<()>`, what a downstream VMM may use) it reads and writes the image
+/// as it does behind kvmkit's.
+#[test]
+fn a_guest_memory_without_a_dirty_bitmap_serves_reads_and_writes() {
+    let (_dir, path) = image(1 << 20);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[3 * 512..4 * 512].fill(0x5a);
+    std::fs::write(&path, &bytes).unwrap();
+    let block = Block::new("blk-plain", &BlockConfig::new(&path)).unwrap();
+    let mem: vm_memory::GuestMemoryMmap<()> =
+        vm_memory::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+    let mut d = FakeDriver::with_memory(Box::new(block), mem, SIZE);
+    d.start(FEATURES);
+    let header = |d: &FakeDriver<vm_memory::GuestMemoryMmap<()>>, kind: u32, sector: u64| {
+        d.mem.write_obj(kind, GuestAddress(0x1000)).unwrap();
+        d.mem.write_obj(0u32, GuestAddress(0x1004)).unwrap();
+        d.mem.write_obj(sector, GuestAddress(0x1008)).unwrap();
+        d.mem.write_obj(0xffu8, GuestAddress(0x2000)).unwrap();
+    };
+
+    header(&d, VIRTIO_BLK_T_IN, 3);
+    d.add(0, &[(0x1000, 16, R), (0x40000, 512, W), (0x2000, 1, W)]);
+    d.kick(0);
+    assert_eq!(d.wait_used(0, 1)[0].1, 513, "512 data bytes and the status");
+    assert_eq!(d.mem.read_obj::<u8>(GuestAddress(0x2000)).unwrap(), 0);
+    assert_eq!(d.read(0x40000, 512), vec![0x5a; 512]);
+
+    d.write(0x50000, &[0xc3; 512]);
+    header(&d, VIRTIO_BLK_T_OUT, 5);
+    d.add(0, &[(0x1000, 16, R), (0x50000, 512, R), (0x2000, 1, W)]);
+    d.kick(0);
+    assert_eq!(d.wait_used(0, 1)[0].1, 1, "the status only");
+    assert_eq!(d.mem.read_obj::<u8>(GuestAddress(0x2000)).unwrap(), 0);
+    assert_eq!(std::fs::read(&path).unwrap()[5 * 512..6 * 512], [0xc3; 512]);
+}

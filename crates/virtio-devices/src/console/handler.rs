@@ -10,10 +10,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use memory::GuestMemoryMmap;
-use virtio::{ActivateError, Activation, ActiveQueue, ChainHandler, Interrupt, QueueError};
+use virtio::{
+    ActivateError, Activation, ActiveQueue, ChainHandler, DeviceMemory, Interrupt, QueueError,
+};
 use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::Bytes;
+use vm_memory::{Bytes, GuestMemoryBackend};
 
 use super::{ConsoleInput, ConsoleStats, Output, RX_QUEUE, TX_QUEUE, lock, write_out};
 
@@ -27,9 +28,9 @@ const CHUNK: usize = 4096;
 const MAX_TX: u32 = 64 << 10;
 
 /// Moves the guest's output to the output, and the input to the guest, for one console.
-pub(super) struct ConsoleHandler {
+pub(super) struct ConsoleHandler<M> {
     name: String,
-    mem: GuestMemoryMmap,
+    mem: M,
     rx: ActiveQueue,
     tx: ActiveQueue,
     interrupt: Arc<Interrupt>,
@@ -45,27 +46,19 @@ pub(super) struct ConsoleHandler {
     input_done: bool,
 }
 
-impl ConsoleHandler {
+impl<M: DeviceMemory> ConsoleHandler<M> {
     pub(super) fn new(
         name: &str,
-        a: Activation,
+        mut a: Activation<M>,
         output: Output,
         input: Option<Arc<Mutex<Box<dyn ConsoleInput>>>>,
         stats: Arc<ConsoleStats>,
     ) -> Result<Self, ActivateError> {
-        let (mut rx, mut tx) = (None, None);
-        for q in a.queues {
-            match q.index {
-                RX_QUEUE => rx = Some(q),
-                TX_QUEUE => tx = Some(q),
-                _ => {}
-            }
-        }
         Ok(Self {
             name: name.to_owned(),
+            rx: a.take_queue(RX_QUEUE)?,
+            tx: a.take_queue(TX_QUEUE)?,
             mem: a.mem,
-            rx: rx.ok_or(ActivateError::QueueNotReady(RX_QUEUE))?,
-            tx: tx.ok_or(ActivateError::QueueNotReady(TX_QUEUE))?,
             interrupt: a.interrupt,
             output,
             input_done: input.is_none(),
@@ -196,11 +189,7 @@ impl ConsoleHandler {
         } else {
             &mut self.tx.queue
         };
-        match q.needs_notification(&self.mem) {
-            Ok(false) => {}
-            // An unreadable used_event: interrupt anyway rather than leave the driver waiting.
-            Ok(true) | Err(_) => self.interrupt.signal_used_queue(),
-        }
+        virtio::notify_used(q, &self.mem, &self.interrupt);
     }
 
     fn transmit(&mut self, ops: &mut EventOps<'_>) {
@@ -227,10 +216,10 @@ impl ConsoleHandler {
 }
 
 /// Writes the start of `input` into the chain's device-writable buffers; returns how many bytes.
-fn give(
+fn give<M: GuestMemoryBackend>(
     name: &str,
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    mem: &M,
+    chain: DescriptorChain<&M>,
     input: &[u8],
 ) -> u32 {
     let mut written = 0usize;
@@ -261,10 +250,10 @@ struct Transmit<'a> {
     buf: Vec<u8>,
 }
 
-impl ChainHandler for Transmit<'_> {
+impl<M: GuestMemoryBackend> ChainHandler<M> for Transmit<'_> {
     /// Writes the chain's device-readable bytes (at most [`MAX_TX`]); the used length is 0, as
     /// the device writes nothing into the chain.
-    fn handle(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+    fn handle(&mut self, mem: &M, chain: DescriptorChain<&M>) -> u32 {
         self.buf.clear();
         for desc in chain.readable() {
             let room = MAX_TX as usize - self.buf.len();
@@ -289,7 +278,7 @@ impl ChainHandler for Transmit<'_> {
     }
 }
 
-impl MutEventSubscriber for ConsoleHandler {
+impl<M: DeviceMemory> MutEventSubscriber for ConsoleHandler<M> {
     fn process(&mut self, events: Events, ops: &mut EventOps<'_>) {
         match events.data() {
             RX_KICK => {

@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio::{
-    ActivateError, Activation, DeviceCounters, Interrupt, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, Worker,
+    ActivateError, Activation, DeviceCounters, DeviceMemory, DeviceModel, Interrupt,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, Worker,
 };
 
 /// The virtio device ID of a console.
@@ -219,7 +219,7 @@ impl Resizer {
     }
 }
 
-impl VirtioDevice for Console {
+impl DeviceModel for Console {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_CONSOLE
     }
@@ -251,7 +251,19 @@ impl VirtioDevice for Console {
         }
     }
 
-    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+    fn reset(&mut self) {
+        self.worker = None;
+        self.size.negotiated.store(false, Ordering::SeqCst);
+        *lock(&self.size.interrupt) = None;
+    }
+
+    fn counters(&self) -> Option<Arc<dyn DeviceCounters>> {
+        Some(self.stats.clone())
+    }
+}
+
+impl<M: DeviceMemory> VirtioDevice<M> for Console {
+    fn activate(&mut self, a: Activation<M>) -> Result<(), ActivateError> {
         *lock(&self.size.interrupt) = Some(a.interrupt.clone());
         self.size.negotiated.store(
             a.features & (1 << VIRTIO_CONSOLE_F_SIZE) != 0,
@@ -273,15 +285,5 @@ impl VirtioDevice for Console {
             interrupt.signal_config();
         }
         Ok(())
-    }
-
-    fn reset(&mut self) {
-        self.worker = None;
-        self.size.negotiated.store(false, Ordering::SeqCst);
-        *lock(&self.size.interrupt) = None;
-    }
-
-    fn counters(&self) -> Option<Arc<dyn DeviceCounters>> {
-        Some(self.stats.clone())
     }
 }

@@ -9,8 +9,7 @@
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use memory::GuestMemoryMmap;
-use virtio::{ActivateError, Activation, ActiveQueue, Interrupt, QueueError};
+use virtio::{ActivateError, Activation, ActiveQueue, DeviceMemory, Interrupt, QueueError};
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::QueueT;
 
@@ -26,9 +25,9 @@ const TAP: u32 = 2;
 const RX_BUDGET: usize = 64;
 
 /// Receives from the tap and transmits to it for one device.
-pub(super) struct NetHandler {
+pub(super) struct NetHandler<M> {
     name: String,
-    mem: GuestMemoryMmap,
+    mem: M,
     rx: ActiveQueue,
     tx: ActiveQueue,
     interrupt: Arc<Interrupt>,
@@ -45,26 +44,18 @@ pub(super) struct NetHandler {
     tx_frame: Vec<u8>,
 }
 
-impl NetHandler {
+impl<M: DeviceMemory> NetHandler<M> {
     pub(super) fn new(
         name: &str,
-        a: Activation,
+        mut a: Activation<M>,
         backend: Box<dyn Backend>,
         stats: Arc<NetStats>,
     ) -> Result<Self, ActivateError> {
-        let (mut rx, mut tx) = (None, None);
-        for q in a.queues {
-            match q.index {
-                RX_QUEUE => rx = Some(q),
-                TX_QUEUE => tx = Some(q),
-                _ => {}
-            }
-        }
         Ok(Self {
             name: name.to_owned(),
+            rx: a.take_queue(RX_QUEUE)?,
+            tx: a.take_queue(TX_QUEUE)?,
             mem: a.mem,
-            rx: rx.ok_or(ActivateError::QueueNotReady(RX_QUEUE))?,
-            tx: tx.ok_or(ActivateError::QueueNotReady(TX_QUEUE))?,
             interrupt: a.interrupt,
             backend,
             mergeable: a.features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
@@ -170,12 +161,7 @@ impl NetHandler {
         } else {
             &mut self.tx.queue
         };
-        match q.needs_notification(&self.mem) {
-            Ok(true) => self.interrupt.signal_used_queue(),
-            Ok(false) => {}
-            // An unreadable used_event: interrupt anyway rather than leave the driver waiting.
-            Err(_) => self.interrupt.signal_used_queue(),
-        }
+        virtio::notify_used(q, &self.mem, &self.interrupt);
     }
 
     fn transmit(&mut self, ops: &mut EventOps<'_>) {
@@ -201,7 +187,7 @@ impl NetHandler {
     }
 }
 
-impl MutEventSubscriber for NetHandler {
+impl<M: DeviceMemory> MutEventSubscriber for NetHandler<M> {
     fn process(&mut self, events: Events, ops: &mut EventOps<'_>) {
         match events.data() {
             RX_KICK => {

@@ -27,8 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use virtio::{
-    ActivateError, Activation, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, Worker,
+    ActivateError, Activation, DeviceMemory, DeviceModel, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, Worker,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
@@ -267,7 +267,7 @@ fn offloads_for(features: u64, supported: u32) -> u32 {
     flags & supported
 }
 
-impl VirtioDevice for Net {
+impl DeviceModel for Net {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_NET
     }
@@ -288,7 +288,17 @@ impl VirtioDevice for Net {
         virtio::read_config_bytes(&config, offset, data);
     }
 
-    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+    fn reset(&mut self) {
+        self.worker = None;
+    }
+
+    fn counters(&self) -> Option<Arc<dyn virtio::DeviceCounters>> {
+        Some(self.stats.clone())
+    }
+}
+
+impl<M: DeviceMemory> VirtioDevice<M> for Net {
+    fn activate(&mut self, a: Activation<M>) -> Result<(), ActivateError> {
         let mut backend = self.backend.try_clone().map_err(ActivateError::Worker)?;
         let offloads = offloads_for(a.features, self.backend_offloads);
         log::info!(
@@ -308,14 +318,6 @@ impl VirtioDevice for Net {
         self.worker =
             Some(Worker::spawn(&self.name, handler, interrupt).map_err(ActivateError::Worker)?);
         Ok(())
-    }
-
-    fn reset(&mut self) {
-        self.worker = None;
-    }
-
-    fn counters(&self) -> Option<Arc<dyn virtio::DeviceCounters>> {
-        Some(self.stats.clone())
     }
 }
 

@@ -10,7 +10,6 @@
 //! add some), or [`Delivery::Dropped`] when waiting cannot help (the frame is larger than a buffer
 //! without mergeable buffers, or than the whole ring).
 
-use memory::GuestMemoryMmap;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
@@ -81,9 +80,9 @@ impl Scratch {
 
 /// The device-writable buffers of `chain`, appended to `segments`; their total size, or `None` if a
 /// buffer is device-readable or not in guest memory.
-fn writable(
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+fn writable<M: GuestMemory>(
+    mem: &M,
+    chain: DescriptorChain<&M>,
     segments: &mut Vec<(GuestAddress, usize)>,
 ) -> Option<usize> {
     let mut room = 0usize;
@@ -100,9 +99,9 @@ fn writable(
 
 /// Puts `frame` (virtio-net header first) into the receive queue, setting the header's
 /// `num_buffers`. An error means the queue itself is broken (the device needs a reset).
-pub fn deliver(
+pub fn deliver<M: GuestMemory>(
     queue: &mut Queue,
-    mem: &GuestMemoryMmap,
+    mem: &M,
     frame: &mut [u8],
     mergeable: bool,
     scratch: &mut Scratch,

@@ -5,8 +5,7 @@
 //! the tap reads the header's checksum and segmentation fields itself. The chain is returned with a
 //! used length of 0. A chain the device cannot send is dropped and counted, never retried.
 
-use memory::GuestMemoryMmap;
-use vm_memory::Bytes;
+use vm_memory::{Bytes, GuestMemoryBackend};
 
 use virtio::ChainHandler;
 use virtio_queue::DescriptorChain;
@@ -36,9 +35,9 @@ pub enum Dropped {
 }
 
 /// Gathers `chain` into `frame` (cleared first): the frame the guest sent, header first.
-pub fn gather(
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+pub fn gather<M: GuestMemoryBackend>(
+    mem: &M,
+    chain: DescriptorChain<&M>,
     frame: &mut Vec<u8>,
 ) -> Result<(), Dropped> {
     frame.clear();
@@ -77,8 +76,8 @@ pub struct Transmit<'a> {
     pub stats: &'a NetStats,
 }
 
-impl ChainHandler for Transmit<'_> {
-    fn handle(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+impl<M: GuestMemoryBackend> ChainHandler<M> for Transmit<'_> {
+    fn handle(&mut self, mem: &M, chain: DescriptorChain<&M>) -> u32 {
         let sent = gather(mem, chain, self.frame)
             .map_err(|e| e.to_string())
             .and_then(|()| {

@@ -13,14 +13,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use memory::GuestMemoryMmap;
 use virtio::{
-    ActivateError, Activation, ChainHandler, DeviceCounters, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, Worker,
+    ActivateError, Activation, ChainHandler, DeviceCounters, DeviceMemory, DeviceModel,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, Worker,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::DescriptorChain;
-use vm_memory::Bytes;
+use vm_memory::{Bytes, GuestMemoryBackend};
 
 /// The size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -94,8 +93,8 @@ impl Rng {
 
     /// What the device's worker runs for each chain of its queue (with [`virtio::drain`]): for
     /// fuzzing and benchmarks, which drive the queue path without a thread. Its counts go to this
-    /// device's statistics.
-    pub fn handler(&self) -> impl ChainHandler + use<> {
+    /// device's statistics. `M` is the guest memory the chains are in.
+    pub fn handler<M: GuestMemoryBackend>(&self) -> impl ChainHandler<M> + use<M> {
         self.entropy()
     }
 
@@ -109,7 +108,7 @@ impl Rng {
     }
 }
 
-impl VirtioDevice for Rng {
+impl DeviceModel for Rng {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_RNG
     }
@@ -127,17 +126,19 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
-    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        self.worker = Some(virtio::start_worker(&self.name, a, self.entropy())?);
-        Ok(())
-    }
-
     fn reset(&mut self) {
         self.worker = None;
     }
 
     fn counters(&self) -> Option<Arc<dyn DeviceCounters>> {
         Some(self.stats.clone())
+    }
+}
+
+impl<M: DeviceMemory> VirtioDevice<M> for Rng {
+    fn activate(&mut self, a: Activation<M>) -> Result<(), ActivateError> {
+        self.worker = Some(virtio::start_worker(&self.name, a, self.entropy())?);
+        Ok(())
     }
 }
 
@@ -151,9 +152,9 @@ struct Entropy {
     buf: Vec<u8>,
 }
 
-impl ChainHandler for Entropy {
+impl<M: GuestMemoryBackend> ChainHandler<M> for Entropy {
     /// Fills the chain's buffers with up to `max_request` random bytes; returns how many it wrote.
-    fn handle(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+    fn handle(&mut self, mem: &M, chain: DescriptorChain<&M>) -> u32 {
         let mut written = 0u32;
         for desc in chain {
             if !desc.is_write_only() {

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use memory::GuestMemoryMmap;
-use virtio::{ActivateError, Activation, ActiveQueue, ChainHandler, Interrupt, QueueError};
+use virtio::{
+    ActivateError, Activation, ActiveQueue, ChainHandler, DeviceMemory, Interrupt, QueueError,
+};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
-use vm_memory::Bytes;
+use vm_memory::{Bytes, GuestMemoryBackend};
 
 use super::muxer::{CLIENT, CONNECTION, LISTENER, Muxer};
 use super::packet::{MAX_PAYLOAD, RxBuffer, read_tx};
@@ -26,9 +27,9 @@ const RX_KICK: u32 = 0;
 const TX_KICK: u32 = 1;
 
 /// Moves packets between the guest's queues and the muxer.
-pub(super) struct VsockHandler {
+pub(super) struct VsockHandler<M> {
     name: String,
-    mem: GuestMemoryMmap,
+    mem: M,
     rx: ActiveQueue,
     tx: ActiveQueue,
     event: Option<ActiveQueue>,
@@ -43,29 +44,21 @@ pub(super) struct VsockHandler {
     rx_broken: bool,
 }
 
-impl VsockHandler {
+impl<M: DeviceMemory> VsockHandler<M> {
     pub(super) fn new(
         name: &str,
-        a: Activation,
+        mut a: Activation<M>,
         muxer: SharedMuxer,
         stats: Arc<VsockStats>,
         announce_reset: bool,
     ) -> Result<Self, ActivateError> {
-        let (mut rx, mut tx, mut event) = (None, None, None);
-        for q in a.queues {
-            match q.index {
-                RX_QUEUE => rx = Some(q),
-                TX_QUEUE => tx = Some(q),
-                EVENT_QUEUE => event = Some(q),
-                _ => {}
-            }
-        }
         Ok(Self {
             name: name.to_owned(),
+            rx: a.take_queue(RX_QUEUE)?,
+            tx: a.take_queue(TX_QUEUE)?,
+            // Without an event queue the driver is not told of a transport reset.
+            event: a.take_queue(EVENT_QUEUE).ok(),
             mem: a.mem,
-            rx: rx.ok_or(ActivateError::QueueNotReady(RX_QUEUE))?,
-            tx: tx.ok_or(ActivateError::QueueNotReady(TX_QUEUE))?,
-            event,
             interrupt: a.interrupt,
             muxer,
             stats,
@@ -145,11 +138,7 @@ impl VsockHandler {
         }
         muxer.settle(ops);
         if used {
-            match self.rx.queue.needs_notification(&self.mem) {
-                Ok(false) => {}
-                // An unreadable used_event: interrupt anyway rather than leave the driver waiting.
-                Ok(true) | Err(_) => self.interrupt.signal_used_queue(),
-            }
+            virtio::notify_used(&mut self.rx.queue, &self.mem, &self.interrupt);
         }
     }
 
@@ -170,8 +159,8 @@ struct TxSink<'a> {
     stats: &'a VsockStats,
 }
 
-impl ChainHandler for TxSink<'_> {
-    fn handle(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+impl<M: GuestMemoryBackend> ChainHandler<M> for TxSink<'_> {
+    fn handle(&mut self, mem: &M, chain: DescriptorChain<&M>) -> u32 {
         match read_tx(mem, chain, self.payload) {
             Ok(h) => {
                 self.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
@@ -189,7 +178,7 @@ impl ChainHandler for TxSink<'_> {
     }
 }
 
-impl VsockHandler {
+impl<M: DeviceMemory> VsockHandler<M> {
     /// Tells the driver its connections are gone (a restored snapshot), with the event queue's
     /// first buffer; a driver that left none is not told (its connections are reset as it uses
     /// them).
@@ -218,7 +207,7 @@ impl VsockHandler {
     }
 }
 
-impl MutEventSubscriber for VsockHandler {
+impl<M: DeviceMemory> MutEventSubscriber for VsockHandler<M> {
     fn process(&mut self, events: Events, ops: &mut EventOps<'_>) {
         let muxer = self.muxer.clone();
         let mut muxer = lock(&muxer);

@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio::{
-    ActivateError, Activation, DeviceCounters, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, Worker,
+    ActivateError, Activation, DeviceCounters, DeviceMemory, DeviceModel, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, Worker,
 };
 
 pub use connection::TO_HOST_BUF;
@@ -205,7 +205,7 @@ impl Vsock {
     }
 }
 
-impl VirtioDevice for Vsock {
+impl DeviceModel for Vsock {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_VSOCK
     }
@@ -220,20 +220,6 @@ impl VirtioDevice for Vsock {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         virtio::read_config_bytes(&self.cid.to_le_bytes(), offset, data);
-    }
-
-    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        let handler = handler::VsockHandler::new(
-            &self.name,
-            a,
-            self.muxer.clone(),
-            self.stats.clone(),
-            std::mem::take(&mut self.announce_reset),
-        )?;
-        let interrupt = handler.interrupt();
-        self.worker =
-            Some(Worker::spawn(&self.name, handler, interrupt).map_err(ActivateError::Worker)?);
-        Ok(())
     }
 
     fn reset(&mut self) {
@@ -253,5 +239,21 @@ impl VirtioDevice for Vsock {
 
     fn counters(&self) -> Option<Arc<dyn DeviceCounters>> {
         Some(self.stats.clone())
+    }
+}
+
+impl<M: DeviceMemory> VirtioDevice<M> for Vsock {
+    fn activate(&mut self, a: Activation<M>) -> Result<(), ActivateError> {
+        let handler = handler::VsockHandler::new(
+            &self.name,
+            a,
+            self.muxer.clone(),
+            self.stats.clone(),
+            std::mem::take(&mut self.announce_reset),
+        )?;
+        let interrupt = handler.interrupt();
+        self.worker =
+            Some(Worker::spawn(&self.name, handler, interrupt).map_err(ActivateError::Worker)?);
+        Ok(())
     }
 }

@@ -2,11 +2,10 @@
 //! packet from a transmit chain or writing one into a receive chain with the virtio-vsock crate's
 //! [`VsockPacket`].
 
-use memory::GuestMemoryMmap;
 use virtio_queue::DescriptorChain;
 use virtio_vsock::packet::VsockPacket;
-use vm_memory::bitmap::BitmapSlice;
-use vm_memory::{Bytes, VolatileSlice};
+use vm_memory::bitmap::{BS, BitmapSlice};
+use vm_memory::{Bytes, GuestMemory, VolatileSlice};
 
 /// The host's context ID: what the guest connects to.
 pub const HOST_CID: u64 = 2;
@@ -82,9 +81,9 @@ fn header_of<B: BitmapSlice>(p: &VsockPacket<'_, B>) -> Header {
 
 /// Reads the packet in a transmit chain: its header, and its payload into `payload` (cleared
 /// first; at most [`MAX_PAYLOAD`] bytes).
-pub fn read_tx(
-    mem: &GuestMemoryMmap,
-    mut chain: DescriptorChain<&GuestMemoryMmap>,
+pub fn read_tx<M: GuestMemory>(
+    mem: &M,
+    mut chain: DescriptorChain<&M>,
     payload: &mut Vec<u8>,
 ) -> Result<Header, PacketError> {
     payload.clear();
@@ -98,20 +97,14 @@ pub fn read_tx(
     Ok(header)
 }
 
-/// A receive chain the device fills: its header and payload slices in guest memory.
-pub struct RxBuffer<'a> {
-    packet: VsockPacket<
-        'a,
-        <vm_memory::bitmap::AtomicBitmap as vm_memory::bitmap::WithBitmapSlice<'a>>::S,
-    >,
+/// A receive chain the device fills: its header and payload slices in guest memory `M`.
+pub struct RxBuffer<'a, M: GuestMemory + 'a> {
+    packet: VsockPacket<'a, BS<'a, M::Bitmap>>,
 }
 
-impl<'a> RxBuffer<'a> {
+impl<'a, M: GuestMemory + 'a> RxBuffer<'a, M> {
     /// The receive chain's buffers, if they can hold a packet.
-    pub fn new(
-        mem: &'a GuestMemoryMmap,
-        chain: &mut DescriptorChain<&'a GuestMemoryMmap>,
-    ) -> Result<Self, PacketError> {
+    pub fn new(mem: &'a M, chain: &mut DescriptorChain<&'a M>) -> Result<Self, PacketError> {
         let packet =
             VsockPacket::from_rx_virtq_chain(mem, chain, MAX_PAYLOAD).map_err(PacketError)?;
         Ok(Self { packet })
