@@ -9,12 +9,14 @@
 
 #![no_main]
 
+mod common;
+
 use std::sync::OnceLock;
 
+use kvmkit_memory::GuestMemoryMmap;
 use kvmkit_virtio_devices::block::{DiskImage, execute::execute, request::parse};
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use kvmkit_memory::GuestMemoryMmap;
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 const MEM_SIZE: usize = 64 << 10;
@@ -35,23 +37,16 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {
         return;
     }
-    let size_raw = u16::from_le_bytes([data[0], data[1]]).clamp(1, 256);
-    let size = 1u16 << (15 - size_raw.leading_zeros());
+    let size = common::queue_size([data[0], data[1]]);
     let avail_idx = u16::from_le_bytes([data[2], data[3]]);
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
     let body = &data[4..data.len().min(4 + MEM_SIZE)];
     mem.write_slice(body, GuestAddress(0)).unwrap();
     mem.write_obj(avail_idx, GuestAddress(0x1002)).unwrap();
 
-    let mut q = Queue::new(256).unwrap();
-    q.set_size(size);
-    q.set_desc_table_address(Some(0), Some(0));
-    q.set_avail_ring_address(Some(0x1000), Some(0));
-    q.set_used_ring_address(Some(0x2000), Some(0));
-    q.set_ready(true);
-    if !q.is_valid(&mem) {
+    let Some(mut q) = common::queue(size, 0, false, &mem) else {
         return;
-    }
+    };
     let Ok(iter) = q.iter(&mem) else { return };
     let chains: Vec<_> = iter.collect();
     for chain in chains {

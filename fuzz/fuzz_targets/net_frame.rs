@@ -12,32 +12,23 @@
 
 #![no_main]
 
+mod common;
+
+use kvmkit_memory::GuestMemoryMmap;
 use kvmkit_virtio_devices::net::rx::{Delivery, Scratch, deliver};
 use kvmkit_virtio_devices::net::{HDR_LEN, MAX_FRAME, tx};
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use kvmkit_memory::GuestMemoryMmap;
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 const MEM_SIZE: usize = 64 << 10;
-
-fn queue(size: u16, base: u64, mem: &GuestMemoryMmap) -> Option<Queue> {
-    let mut q = Queue::new(256).ok()?;
-    q.set_size(size);
-    q.set_desc_table_address(Some(base as u32), Some(0));
-    q.set_avail_ring_address(Some(base as u32 + 0x1000), Some(0));
-    q.set_used_ring_address(Some(base as u32 + 0x2000), Some(0));
-    q.set_ready(true);
-    q.is_valid(mem).then_some(q)
-}
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 9 {
         return;
     }
     let mergeable = data[0] & 1 != 0;
-    let size_raw = u16::from_le_bytes([data[1], data[2]]).clamp(1, 256);
-    let size = 1u16 << (15 - size_raw.leading_zeros());
+    let size = common::queue_size([data[1], data[2]]);
     let rx_avail = u16::from_le_bytes([data[3], data[4]]);
     let tx_avail = u16::from_le_bytes([data[5], data[6]]);
     let frame_len = usize::from(u16::from_le_bytes([data[7], data[8]])).min(MAX_FRAME);
@@ -47,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     mem.write_obj(rx_avail, GuestAddress(0x1002)).unwrap();
     mem.write_obj(tx_avail, GuestAddress(0x4002)).unwrap();
 
-    if let Some(mut rx) = queue(size, 0, &mem) {
+    if let Some(mut rx) = common::queue(size, 0, false, &mem) {
         let mut frame: Vec<u8> = (0..frame_len).map(|i| i as u8).collect();
         let mut scratch = Scratch::default();
         let before = rx.next_used();
@@ -69,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    if let Some(mut txq) = queue(size, 0x3000, &mem) {
+    if let Some(mut txq) = common::queue(size, 0x3000, false, &mem) {
         let mut frame = Vec::new();
         if let Ok(iter) = txq.iter(&mem) {
             let chains: Vec<_> = iter.collect();

@@ -11,11 +11,13 @@
 
 #![no_main]
 
+mod common;
+
 use kvmkit_memory::GuestMemoryMmap;
 use kvmkit_virtio::{ChainHandler, Interrupt, drain};
 use kvmkit_virtio_devices::rng::{Rng, RngConfig};
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -34,7 +36,11 @@ impl<H: ChainHandler> ChainHandler for Checked<H> {
         // guest may point a buffer at its own descriptor table, and the random bytes written into
         // it then change the descriptors the device reads next. The fuzzer found such a chain.)
         let len = self.inner.handle(mem, chain);
-        assert!(len <= self.cap, "answered {len} bytes, the cap is {}", self.cap);
+        assert!(
+            len <= self.cap,
+            "answered {len} bytes, the cap is {}",
+            self.cap
+        );
         self.answered += 1;
         len
     }
@@ -44,8 +50,7 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 7 {
         return;
     }
-    let size_raw = u16::from_le_bytes([data[0], data[1]]).clamp(1, 256);
-    let size = 1u16 << (15 - size_raw.leading_zeros());
+    let size = common::queue_size([data[0], data[1]]);
     let avail_idx = u16::from_le_bytes([data[2], data[3]]);
     let event_idx = data[4] & 1 != 0;
     let cap = u32::from(u16::from_le_bytes([data[5], data[6]])).max(1);
@@ -54,16 +59,9 @@ fuzz_target!(|data: &[u8]| {
     mem.write_slice(body, GuestAddress(0)).unwrap();
     mem.write_obj(avail_idx, GuestAddress(0x1002)).unwrap();
 
-    let mut queue = Queue::new(256).unwrap();
-    queue.set_size(size);
-    queue.set_desc_table_address(Some(0), Some(0));
-    queue.set_avail_ring_address(Some(0x1000), Some(0));
-    queue.set_used_ring_address(Some(0x2000), Some(0));
-    queue.set_event_idx(event_idx);
-    queue.set_ready(true);
-    if !queue.is_valid(&mem) {
+    let Some(mut queue) = common::queue(size, 0, event_idx, &mem) else {
         return;
-    }
+    };
     let rng = Rng::new("rng-fuzz", &RngConfig::with_max_request(cap));
     let mut handler = Checked {
         inner: rng.handler(),

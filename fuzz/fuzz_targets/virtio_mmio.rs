@@ -11,7 +11,9 @@
 
 use bus::BusDevice;
 use kvmkit_memory::GuestMemoryMmap;
-use kvmkit_virtio::{ActivateError, Activation, MmioTransport, VIRTIO_F_VERSION_1, VirtioDevice};
+use kvmkit_virtio::{
+    ActivateError, Activation, DeviceModel, MmioTransport, VIRTIO_F_VERSION_1, VirtioDevice,
+};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::QueueT;
 use vm_memory::GuestAddress;
@@ -23,7 +25,7 @@ struct StandIn {
     mem: GuestMemoryMmap,
 }
 
-impl VirtioDevice for StandIn {
+impl DeviceModel for StandIn {
     fn device_type(&self) -> u32 {
         4
     }
@@ -46,6 +48,10 @@ impl VirtioDevice for StandIn {
             dst[..n].copy_from_slice(&data[..n]);
         }
     }
+    fn reset(&mut self) {}
+}
+
+impl VirtioDevice for StandIn {
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
         assert_eq!(a.features & !self.features(), 0, "features the device did not offer");
         for q in &a.queues {
@@ -54,7 +60,6 @@ impl VirtioDevice for StandIn {
         }
         Ok(())
     }
-    fn reset(&mut self) {}
 }
 
 const MEM: usize = 1 << 20;

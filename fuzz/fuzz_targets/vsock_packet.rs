@@ -13,6 +13,8 @@
 
 #![no_main]
 
+mod common;
+
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 
@@ -21,20 +23,10 @@ use kvmkit_virtio_devices::vsock::TO_HOST_BUF;
 use kvmkit_virtio_devices::vsock::connection::{Connection, Key};
 use kvmkit_virtio_devices::vsock::packet::{HEADER_SIZE, Header, MAX_PAYLOAD, RxBuffer, read_tx};
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 const MEM_SIZE: usize = 64 << 10;
-
-fn queue(size: u16, base: u64, mem: &GuestMemoryMmap) -> Option<Queue> {
-    let mut q = Queue::new(256).ok()?;
-    q.set_size(size);
-    q.set_desc_table_address(Some(base as u32), Some(0));
-    q.set_avail_ring_address(Some(base as u32 + 0x1000), Some(0));
-    q.set_used_ring_address(Some(base as u32 + 0x2000), Some(0));
-    q.set_ready(true);
-    q.is_valid(mem).then_some(q)
-}
 
 /// Takes every packet the connection has for the guest, checking each.
 fn drain(conn: &mut Connection, buf: &mut Vec<u8>) {
@@ -50,8 +42,7 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 6 {
         return;
     }
-    let size_raw = u16::from_le_bytes([data[0], data[1]]).clamp(1, 256);
-    let size = 1u16 << (15 - size_raw.leading_zeros());
+    let size = common::queue_size([data[0], data[1]]);
     let tx_avail = u16::from_le_bytes([data[2], data[3]]);
     let rx_avail = u16::from_le_bytes([data[4], data[5]]);
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
@@ -60,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
     mem.write_obj(tx_avail, GuestAddress(0x1002)).unwrap();
     mem.write_obj(rx_avail, GuestAddress(0x4002)).unwrap();
 
-    if let Some(mut txq) = queue(size, 0, &mem) {
+    if let Some(mut txq) = common::queue(size, 0, false, &mem) {
         let (mut host, ours) = UnixStream::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
         host.set_nonblocking(true).unwrap();
@@ -95,7 +86,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    if let Some(mut rxq) = queue(size, 0x3000, &mem) {
+    if let Some(mut rxq) = common::queue(size, 0x3000, false, &mem) {
         let fill = vec![0x5a; MAX_PAYLOAD as usize];
         while let Some(mut chain) = rxq.pop_descriptor_chain(&mem) {
             if let Ok(mut buf) = RxBuffer::new(&mem, &mut chain) {
