@@ -389,6 +389,23 @@ pub fn wait_for_path(path: &Path) {
     }
 }
 
+/// kvmkit's arguments for booting the test guest: its vmlinux and initramfs, its command line with
+/// `extra` words appended (`kvmkit_init=...` and the checks' parameters), and 256 MiB. The caller
+/// adds the serial port and the devices.
+pub fn test_guest_args(extra: &str) -> Vec<String> {
+    let guest = guest_dir();
+    vec![
+        "--kernel".into(),
+        guest.join("vmlinux").display().to_string(),
+        "--initramfs".into(),
+        guest.join("initramfs.cpio").display().to_string(),
+        "--cmdline".into(),
+        guest_cmdline(extra),
+        "--memory".into(),
+        "256M".into(),
+    ]
+}
+
 /// The test guest's command line (`cmdline.txt`) with `extra` words appended.
 pub fn guest_cmdline(extra: &str) -> String {
     let text = std::fs::read_to_string(guest_dir().join("cmdline.txt")).expect("read cmdline.txt");

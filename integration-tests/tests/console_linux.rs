@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
-use kvmkit_integration_tests::{Background, guest_cmdline, guest_dir};
+use kvmkit_integration_tests::{Background, test_guest_args};
 
 /// Reads `pty` until what was read contains `marker` (or fails the test after `limit`, showing
 /// what kvmkit said).
@@ -60,24 +60,10 @@ fn set_size(pty: &std::fs::File, cols: u16, rows: u16) {
 
 #[test]
 fn a_person_at_the_console_s_pty_types_commands_and_the_terminal_size_follows() {
-    let guest = guest_dir();
     let kvmkit = Background::spawn(
         std::process::Command::new(env!("CARGO_BIN_EXE_kvmkit-e2e"))
-            .arg("--kernel")
-            .arg(guest.join("vmlinux"))
-            .arg("--initramfs")
-            .arg(guest.join("initramfs.cpio"))
-            .args([
-                "--cmdline",
-                &guest_cmdline("kvmkit_init=hvc,shell,poweroff"),
-                "--memory",
-                "256M",
-                "--serial",
-                "stdio",
-                "--console",
-                "pty",
-                "--landlock",
-            ]),
+            .args(test_guest_args("kvmkit_init=hvc,shell,poweroff"))
+            .args(["--serial", "stdio", "--console", "pty", "--landlock"]),
     );
     let announced = "kvmkit: virtio console (hvc0) on ";
     assert!(
@@ -142,7 +128,6 @@ fn a_person_at_the_console_s_pty_types_commands_and_the_terminal_size_follows() 
 #[test]
 fn a_client_attaches_to_the_console_s_socket_detaches_and_attaches_again() {
     // The serial console is on a socket too: the test reads the init's lines from it.
-    let guest = guest_dir();
     let sock = std::env::temp_dir().join(format!("kvmkit-hvc-test-{}.sock", std::process::id()));
     let serial =
         std::env::temp_dir().join(format!("kvmkit-ttyS0-test-{}.sock", std::process::id()));
@@ -151,16 +136,7 @@ fn a_client_attaches_to_the_console_s_socket_detaches_and_attaches_again() {
     }
     let kvmkit = Background::spawn(
         std::process::Command::new(env!("CARGO_BIN_EXE_kvmkit-e2e"))
-            .arg("--kernel")
-            .arg(guest.join("vmlinux"))
-            .arg("--initramfs")
-            .arg(guest.join("initramfs.cpio"))
-            .args([
-                "--cmdline",
-                &guest_cmdline("kvmkit_init=shell,poweroff"),
-                "--memory",
-                "256M",
-            ])
+            .args(test_guest_args("kvmkit_init=shell,poweroff"))
             .arg("--serial")
             .arg(format!("socket={}", serial.display()))
             .arg("--console")
@@ -289,26 +265,12 @@ fn quote(s: &str) -> String {
 
 #[test]
 fn a_person_at_tmux_types_commands_on_hvc0_and_reads_their_output() {
-    let guest = guest_dir();
-    let command = [
-        env!("CARGO_BIN_EXE_kvmkit-e2e").to_owned(),
-        "--kernel".into(),
-        guest.join("vmlinux").display().to_string(),
-        "--initramfs".into(),
-        guest.join("initramfs.cpio").display().to_string(),
-        "--cmdline".into(),
-        guest_cmdline("kvmkit_init=shell,poweroff"),
-        "--memory".into(),
-        "256M".into(),
-        "--serial".into(),
-        "off".into(),
-        "--console".into(),
-        "tty".into(),
-    ]
-    .iter()
-    .map(|a| quote(a))
-    .collect::<Vec<_>>()
-    .join(" ");
+    let command = std::iter::once(env!("CARGO_BIN_EXE_kvmkit-e2e").to_owned())
+        .chain(test_guest_args("kvmkit_init=shell,poweroff"))
+        .chain(["--serial", "off", "--console", "tty"].map(String::from))
+        .map(|a| quote(&a))
+        .collect::<Vec<_>>()
+        .join(" ");
     let tmux = Tmux {
         socket: format!("kvmkit-test-{}", std::process::id()),
     };

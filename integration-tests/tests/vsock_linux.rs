@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use kvmkit_integration_tests::stream::Stream;
 use kvmkit_integration_tests::vsock::{Fnv, connect, read_line};
-use kvmkit_integration_tests::{Background, guest_cmdline, guest_dir, line};
+use kvmkit_integration_tests::{Background, line, test_guest_args};
 
 const MANY: usize = 100;
 
@@ -189,7 +189,6 @@ fn stalled_client(socket: &Path) -> usize {
 
 #[test]
 fn a_host_and_a_guest_talk_over_vsock_both_ways() {
-    let guest = guest_dir();
     let dir = std::env::temp_dir().join(format!("kvmkit-vsock-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -199,22 +198,10 @@ fn a_host_and_a_guest_talk_over_vsock_both_ways() {
     let many = many_server(dir.join("v.sock_6001"));
     let kvmkit = Background::spawn(
         std::process::Command::new(env!("CARGO_BIN_EXE_kvmkit-e2e"))
-            .arg("--kernel")
-            .arg(guest.join("vmlinux"))
-            .arg("--initramfs")
-            .arg(guest.join("initramfs.cpio"))
-            .args([
-                "--cmdline",
-                &guest_cmdline(&format!(
-                    "kvmkit_init=vsock,poweroff kvmkit_vsock_bytes={n}"
-                )),
-                "--memory",
-                "256M",
-                "--serial",
-                "stdio",
-                "--landlock",
-                "--vsock",
-            ])
+            .args(test_guest_args(&format!(
+                "kvmkit_init=vsock,poweroff kvmkit_vsock_bytes={n}"
+            )))
+            .args(["--serial", "stdio", "--landlock", "--vsock"])
             .arg(format!("cid=3,socket={}", socket.display())),
     );
     let ready = marker(&kvmkit, "KVMKIT-VSOCK-READY", Duration::from_secs(600));

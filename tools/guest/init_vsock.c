@@ -149,6 +149,27 @@ static long write_all(long s, const unsigned char *p, long n)
 	return done;
 }
 
+/* How many of the `n` bytes at `p` differ from what `expect` yields next. */
+static long mismatches(struct stream *expect, const unsigned char *p, long n)
+{
+	long bad = 0;
+	for (long i = 0; i < n; i++)
+		bad += p[i] != stream_next(expect);
+	return bad;
+}
+
+/* The end of a stream check's report line: " bad=N fnv=H us=T", then the line goes out. */
+static void say_check(long out_fd, long bad, unsigned long h, long t0)
+{
+	put(" bad=");
+	put_num(bad);
+	put(" fnv=");
+	put_hex(h);
+	put(" us=");
+	put_num((now_ns() - t0) / 1000);
+	say(out_fd);
+}
+
 /* Port 5000: echo everything back, checking it against stream 4. */
 static void echo(long out_fd, long l)
 {
@@ -160,8 +181,7 @@ static void echo(long out_fd, long l)
 		long n = c < 0 ? -1 : sys3(SYS_read, c, (long)buf, sizeof(buf));
 		if (n <= 0)
 			break;
-		for (long i = 0; i < n; i++)
-			bad += buf[i] != stream_next(&expect);
+		bad += mismatches(&expect, buf, n);
 		h = fnv(h, buf, n);
 		total += n;
 		if (write_all(c, buf, n) < 0)
@@ -173,13 +193,7 @@ static void echo(long out_fd, long l)
 	}
 	put("KVMKIT-VSOCK-ECHO bytes=");
 	put_num(total);
-	put(" bad=");
-	put_num(bad);
-	put(" fnv=");
-	put_hex(h);
-	put(" us=");
-	put_num((now_ns() - t0) / 1000);
-	say(out_fd);
+	say_check(out_fd, bad, h, t0);
 }
 
 /* To the host's port 6000: send `total` bytes of stream 3 and read the echo at the same time. */
@@ -219,8 +233,7 @@ static void guest_to_host(long out_fd, long total)
 			long n = sys3(SYS_read, s, (long)buf, sizeof(buf));
 			if (n <= 0)
 				break;
-			for (long i = 0; i < n; i++)
-				bad += buf[i] != stream_next(&expect);
+			bad += mismatches(&expect, buf, n);
 			echoed += n;
 		}
 	}
@@ -230,13 +243,7 @@ static void guest_to_host(long out_fd, long total)
 	put_num(s < 0 ? s : sent);
 	put(" echoed=");
 	put_num(echoed);
-	put(" bad=");
-	put_num(bad);
-	put(" fnv=");
-	put_hex(h);
-	put(" us=");
-	put_num((now_ns() - t0) / 1000);
-	say(out_fd);
+	say_check(out_fd, bad, h, t0);
 }
 
 /* Reads one line (without its newline) into `line_buf`; its length, or -1. */
