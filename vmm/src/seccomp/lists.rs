@@ -17,8 +17,8 @@ use libc::{
     SYS_recvfrom, SYS_rename, SYS_renameat2, SYS_restart_syscall, SYS_rseq, SYS_rt_sigaction,
     SYS_rt_sigprocmask, SYS_rt_sigreturn, SYS_sched_getaffinity, SYS_sched_yield, SYS_seccomp,
     SYS_sendto, SYS_set_robust_list, SYS_setsockopt, SYS_shutdown, SYS_sigaltstack, SYS_socket,
-    SYS_statx, SYS_tgkill, SYS_timerfd_create, SYS_timerfd_settime, SYS_unlink, SYS_write,
-    SYS_writev,
+    SYS_statx, SYS_tgkill, SYS_timerfd_create, SYS_timerfd_gettime, SYS_timerfd_settime,
+    SYS_unlink, SYS_write, SYS_writev,
 };
 use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
 
@@ -121,7 +121,8 @@ const CONSOLE_SOCKET: &[i64] = &[
 
 /// A vsock device's worker, beyond a device's: take host clients (accept), connect to host
 /// listeners for the guest (a Unix socket made non-blocking: `socket`, `ioctl` FIONBIO, `connect`),
-/// read and write them (Rust's `recv` and `send`), and shut their write side.
+/// read and write them (Rust's `recv` and `send`), shut their write side, and time out host
+/// clients' connects the guest does not accept (a timerfd: set, looked at, read).
 const VSOCK: &[i64] = &[
     SYS_accept4,
     SYS_connect,
@@ -130,6 +131,8 @@ const VSOCK: &[i64] = &[
     SYS_sendto,
     SYS_shutdown,
     SYS_socket,
+    SYS_timerfd_gettime,
+    SYS_timerfd_settime,
 ];
 
 /// The main thread once the VM runs: it waits for the VM's end, restores the terminal (ioctl) and

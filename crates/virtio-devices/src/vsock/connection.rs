@@ -161,6 +161,23 @@ impl Connection {
         self.to_host.len() - self.to_host_at
     }
 
+    /// True while a connection a host client opened waits for the guest to accept it.
+    pub fn is_connecting(&self) -> bool {
+        self.state == State::Connecting && !self.done
+    }
+
+    /// True while a connection the guest closed both ways still holds bytes for its host end.
+    pub fn is_closing(&self) -> bool {
+        self.state == State::Closing && !self.done && self.owe & OWE_RST == 0
+    }
+
+    /// Gives up on a connection that waited too long (for the guest to accept it, or for its
+    /// host end to take the guest's last bytes): the guest gets a reset, the host end sees its
+    /// socket close, held bytes are dropped.
+    pub fn give_up(&mut self) {
+        self.reset();
+    }
+
     /// True once the connection has ended: the device drops it.
     pub fn is_done(&self) -> bool {
         self.done

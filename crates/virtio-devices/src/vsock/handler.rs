@@ -15,7 +15,7 @@ use virtio::{
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend};
 
-use super::muxer::{CLIENT, CONNECTION, LISTENER, Muxer};
+use super::muxer::{CLIENT, CONNECTION, LISTENER, Muxer, TIMER};
 use super::packet::{MAX_PAYLOAD, RxBuffer, read_tx};
 use super::{EVENT_QUEUE, RX_QUEUE, SharedMuxer, TX_QUEUE, VsockStats, lock};
 
@@ -222,6 +222,7 @@ impl<M: DeviceMemory> MutEventSubscriber for VsockHandler<M> {
             LISTENER => muxer.accept(ops),
             CLIENT => muxer.client_readable(events.fd(), ops),
             CONNECTION => muxer.connection_event(events.fd(), events.event_set()),
+            TIMER => muxer.timer_fired(),
             _ => {}
         }
         self.receive(&mut muxer, ops);

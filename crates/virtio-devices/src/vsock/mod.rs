@@ -30,7 +30,7 @@ use virtio::{
 };
 
 pub use connection::TO_HOST_BUF;
-pub use muxer::MAX_CONNECTIONS;
+pub use muxer::{CONNECT_TIMEOUT, MAX_CONNECTIONS, SHUTDOWN_TIMEOUT};
 
 /// The virtio device ID of a socket device.
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -64,6 +64,10 @@ pub struct VsockStats {
     pub bad_packets: AtomicU64,
     /// Resets for packets of no connection dropped because too many waited.
     pub dropped_resets: AtomicU64,
+    /// Host clients' connections the guest did not accept in time.
+    pub connect_timeouts: AtomicU64,
+    /// Connections the guest closed whose host end did not take their last bytes in time.
+    pub drain_timeouts: AtomicU64,
 }
 
 impl DeviceCounters for VsockStats {
@@ -82,6 +86,8 @@ impl DeviceCounters for VsockStats {
             ("closed", c(&self.closed)),
             ("bad_packets", c(&self.bad_packets)),
             ("dropped_resets", c(&self.dropped_resets)),
+            ("connect_timeouts", c(&self.connect_timeouts)),
+            ("drain_timeouts", c(&self.drain_timeouts)),
         ]
     }
 }
@@ -132,6 +138,9 @@ pub enum VsockError {
         #[source]
         source: std::io::Error,
     },
+    /// The timer for host clients' connects cannot be made.
+    #[error("vsock: cannot create the connect timer: {0}")]
+    Timer(#[source] std::io::Error),
 }
 
 /// The connections, shared by the device (which keeps them while it is paused) and its worker.
@@ -182,7 +191,8 @@ impl Vsock {
                 source,
             })?;
         let stats = Arc::<VsockStats>::default();
-        let muxer = muxer::Muxer::new(name, cid, listener, path, stats.clone());
+        let muxer = muxer::Muxer::new(name, cid, listener, path, stats.clone())
+            .map_err(VsockError::Timer)?;
         Ok(Self {
             name: name.to_owned(),
             cid,

@@ -5,7 +5,10 @@
 //!   device asks the guest's listener on that port (a REQUEST from a host port of its own, counted
 //!   up from 2^30), and once the guest accepts, writes `OK <host port>\n` to the client and the
 //!   stream flows. A client that does not finish its line in [`LINE_MAX`] bytes, or names no port,
-//!   is closed.
+//!   is closed; so is one whose connection the guest has not accepted within [`CONNECT_TIMEOUT`]
+//!   of being asked (the guest then gets a reset), as in Firecracker.
+//! - A connection the guest closed both ways whose host end does not take the guest's last bytes
+//!   within [`SHUTDOWN_TIMEOUT`] is reset, as in Firecracker.
 //! - A guest connecting to the host (CID 2) on port P reaches a host listener on `PATH_P`; if there
 //!   is none, the guest's connect is refused with a reset.
 //!
@@ -21,8 +24,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::VsockStats;
 use super::connection::{Connection, Key};
@@ -37,6 +42,10 @@ pub const MAX_CLIENTS: usize = 128;
 pub const LINE_MAX: usize = 32;
 /// The most resets for packets of no connection waiting for the guest; more are dropped.
 const MAX_RESETS: usize = 256;
+/// How long a connection a host client opens waits for the guest to accept it, once asked.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connection the guest closed waits for its host end to take the bytes still held.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 /// The first host port given to a connection a host client opens.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
@@ -44,6 +53,16 @@ const FIRST_LOCAL_PORT: u32 = 1 << 30;
 pub(super) const LISTENER: u32 = 3;
 pub(super) const CLIENT: u32 = 4;
 pub(super) const CONNECTION: u32 = 5;
+pub(super) const TIMER: u32 = 6;
+
+/// What a connection with a deadline waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    /// The guest to accept a host client's connection.
+    Accept,
+    /// The host end to take the bytes of a connection the guest closed.
+    Drain,
+}
 
 /// A host client that has not finished its `CONNECT` line.
 #[derive(Debug)]
@@ -71,6 +90,10 @@ pub(super) struct Muxer {
     next_local_port: u32,
     /// The socket is not watched: [`MAX_CLIENTS`] clients have not finished their line.
     listener_paused: bool,
+    /// Connections waiting for the guest to accept them or for their host end to drain, with
+    /// when they are given up, soonest first; `timer` fires at the first.
+    deadlines: VecDeque<(Instant, Key, Wait)>,
+    timer: TimerFd,
     stats: Arc<VsockStats>,
 }
 
@@ -81,8 +104,8 @@ impl Muxer {
         listener: UnixListener,
         base: &Path,
         stats: Arc<VsockStats>,
-    ) -> Self {
-        Self {
+    ) -> std::io::Result<Self> {
+        Ok(Self {
             name: name.to_owned(),
             guest_cid,
             listener,
@@ -95,8 +118,10 @@ impl Muxer {
             dirty: Vec::new(),
             next_local_port: FIRST_LOCAL_PORT,
             listener_paused: false,
+            deadlines: VecDeque::new(),
+            timer: TimerFd::new()?,
             stats,
-        }
+        })
     }
 
     /// Watches everything again on a new worker's event loop (after a pause): the socket, the
@@ -109,6 +134,7 @@ impl Muxer {
                 EventSet::IN,
             ))?;
         }
+        ops.add(Events::with_data(&self.timer, TIMER, EventSet::IN))?;
         for &fd in self.clients.keys() {
             ops.add(Events::with_data_raw(fd, CLIENT, EventSet::IN))?;
         }
@@ -132,6 +158,8 @@ impl Muxer {
         self.resets.clear();
         self.dirty.clear();
         self.listener_paused = false;
+        self.deadlines.clear();
+        let _ = self.timer.clear();
     }
 
     /// True if something waits for the guest's receive buffers.
@@ -241,6 +269,81 @@ impl Muxer {
         ));
     }
 
+    /// Gives the connection `key` until `wait`'s timeout from now.
+    fn add_deadline(&mut self, key: Key, wait: Wait) {
+        let at = Instant::now()
+            + match wait {
+                Wait::Accept => CONNECT_TIMEOUT,
+                Wait::Drain => SHUTDOWN_TIMEOUT,
+            };
+        let pos = self.deadlines.partition_point(|&(t, ..)| t <= at);
+        self.deadlines.insert(pos, (at, key, wait));
+        if pos == 0 {
+            self.arm_timer();
+        }
+    }
+
+    /// Sets the timer for the first deadline, if there is one.
+    fn arm_timer(&mut self) {
+        let Some(&(at, ..)) = self.deadlines.front() else {
+            return;
+        };
+        // A zero duration would disarm the timer: the first nanosecond is soon enough.
+        let wait = at
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_nanos(1));
+        if let Err(e) = self.timer.reset(wait, None) {
+            log::error!("{}: cannot set the connect timer: {e}", self.name);
+        }
+    }
+
+    /// The timer fired: host clients' connections the guest has not accepted in time, and closed
+    /// connections whose host end has not drained in time, are reset (the guest gets a reset,
+    /// the host end sees its socket close).
+    pub(super) fn timer_fired(&mut self) {
+        // A one-shot timer that fired is disarmed, and its expiry is read here (the count is not
+        // needed: the deadlines say what is due). One armed again since (by a connect handled
+        // in the same batch of events) has no expiry to read, and a read would wait for it.
+        if self.timer.is_armed().unwrap_or(true) {
+            return;
+        }
+        let _ = self.timer.wait();
+        let now = Instant::now();
+        while let Some(&(at, key, wait)) = self.deadlines.front() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            match wait {
+                Wait::Accept if conn.is_connecting() => {
+                    log::debug!(
+                        "{}: the guest did not accept host port {} on its port {} in {CONNECT_TIMEOUT:?}; reset",
+                        self.name,
+                        key.local,
+                        key.peer
+                    );
+                    self.stats.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                Wait::Drain if conn.is_closing() => {
+                    log::debug!(
+                        "{}: host port {}'s socket did not take the guest's last {} bytes in {SHUTDOWN_TIMEOUT:?}; reset",
+                        self.name,
+                        key.local,
+                        conn.held()
+                    );
+                    self.stats.drain_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => continue,
+            }
+            conn.give_up();
+            self.dirty.push(key);
+        }
+        self.arm_timer();
+    }
+
     fn free_local_port(&mut self, peer: u32) -> Option<u32> {
         for _ in 0..=MAX_CONNECTIONS {
             let local = self.next_local_port;
@@ -285,8 +388,13 @@ impl Muxer {
             return;
         }
         if let Some(conn) = self.conns.get_mut(&key) {
+            let was_closing = conn.is_closing();
             conn.guest_packet(h, payload);
+            let closing = conn.is_closing();
             self.dirty.push(key);
+            if closing && !was_closing {
+                self.add_deadline(key, Wait::Drain);
+            }
         } else if h.op == OP_REQUEST {
             self.connect_to_host(key, h);
         } else {
@@ -376,6 +484,10 @@ impl Muxer {
                 if conn.wants_rx() {
                     conn.queued = true;
                     self.rxq.push_back(key);
+                }
+                if h.op == OP_REQUEST {
+                    // The guest is asked now: its answer is due within the timeout.
+                    self.add_deadline(key, Wait::Accept);
                 }
                 return Some(h);
             }

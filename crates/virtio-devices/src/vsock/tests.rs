@@ -543,3 +543,75 @@ fn a_restored_device_tells_the_driver_its_connections_are_gone() {
     g.send(packet(1000, 52, OP_RW), b"stale");
     assert_eq!(g.recv().0.op, OP_RST);
 }
+
+#[test]
+fn a_host_client_the_guest_does_not_accept_in_time_is_given_up() {
+    let dir = Dir::new("h2g-timeout");
+    let mut g = Guest::new(&dir);
+    g.post_rx(8);
+    let connect = |port: u32| {
+        let mut c = UnixStream::connect(dir.path()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
+        c
+    };
+    // One connection the guest accepts, one it leaves unanswered.
+    let mut accepted = connect(7);
+    let (h, _) = g.recv();
+    assert_eq!((h.op, h.dst_port), (OP_REQUEST, 7));
+    let mut resp = packet(7, h.src_port, OP_RESPONSE);
+    resp.buf_alloc = GUEST_BUF;
+    g.send(resp, &[]);
+    assert_eq!(read_line(&mut accepted), format!("OK {}", h.src_port));
+    let mut ignored = connect(8);
+    let (asked, _) = g.recv();
+    assert_eq!((asked.op, asked.dst_port), (OP_REQUEST, 8));
+
+    // After CONNECT_TIMEOUT the unanswered one is reset for the guest and closed for its client.
+    let (h, _) = g.recv();
+    assert_eq!(
+        (h.op, h.src_port, h.dst_port),
+        (OP_RST, asked.src_port, 8),
+        "the guest hears the connect is off"
+    );
+    let mut b = [0u8; 1];
+    assert_eq!(ignored.read(&mut b).unwrap(), 0, "closed without OK");
+    assert_eq!(g.stats.connect_timeouts.load(Ordering::Relaxed), 1);
+    // The guest's late answer is refused; the accepted connection goes on.
+    let mut late = packet(8, asked.src_port, OP_RESPONSE);
+    late.buf_alloc = GUEST_BUF;
+    g.send(late, &[]);
+    let (h, _) = g.recv();
+    assert_eq!((h.op, h.dst_port), (OP_RST, 8));
+    g.send(packet(7, resp.dst_port, OP_RW), b"still here");
+    let mut got = [0u8; 10];
+    accepted.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"still here");
+}
+
+#[test]
+fn a_closed_connection_whose_host_end_does_not_drain_in_time_is_reset() {
+    let dir = Dir::new("drain");
+    let (mut g, mut s, _host) = connected(&dir);
+    // More than the host socket's buffer holds, within the guest's credit: some bytes stay held.
+    let chunk = vec![0x77u8; 64 << 10];
+    for _ in 0..4 {
+        g.send(packet(1000, 52, OP_RW), &chunk);
+    }
+    let mut shut = packet(1000, 52, OP_SHUTDOWN);
+    shut.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+    g.send(shut, &[]);
+    // The host never reads: after SHUTDOWN_TIMEOUT the guest gets its reset (after the credit
+    // updates for what the host socket took).
+    let mut h = g.recv().0;
+    while h.op == OP_CREDIT_UPDATE {
+        h = g.recv().0;
+    }
+    assert_eq!((h.op, h.src_port, h.dst_port), (OP_RST, 52, 1000));
+    assert_eq!(g.stats.drain_timeouts.load(Ordering::Relaxed), 1);
+    // The host end finds what its socket took, then the end (or a reset): not all of it.
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(got.len() < 4 * chunk.len(), "{} bytes", got.len());
+    assert!(got.iter().all(|&b| b == 0x77));
+}
