@@ -89,12 +89,10 @@ fn run(invocation: Invocation, timeline: Arc<Timeline>) -> i32 {
         return unbind(fail(code, &e));
     }
     crate::seccomp::prepare(invocation.seccomp);
-    virtio::on_thread_start(|name| {
-        // The vsock device is always `vsock0` (a network card named so gets its wider list too).
-        crate::seccomp::apply_or_exit(if name == "vsock0" {
-            crate::seccomp::ThreadKind::Vsock
-        } else {
-            crate::seccomp::ThreadKind::Device
+    virtio::on_thread_start(|_name, role| {
+        crate::seccomp::apply_or_exit(match role {
+            virtio::WorkerRole::HostSockets => crate::seccomp::ThreadKind::Vsock,
+            _ => crate::seccomp::ThreadKind::Device,
         })
     });
     let controller = Controller::new(&invocation.id, invocation.vm.clone(), timeline);

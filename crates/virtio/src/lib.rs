@@ -17,7 +17,7 @@ pub use device::{
 pub use interrupt::Interrupt;
 pub use mmio::MmioTransport;
 pub use queue::{ChainHandler, QueueHandler, drain, notify_used, start_worker};
-pub use worker::{QueueError, Worker, on_thread_start};
+pub use worker::{QueueError, Worker, WorkerRole, on_thread_start};
 
 /// Feature bit: the device complies with virtio 1.x (required by the modern transport).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;

@@ -24,6 +24,17 @@ use crate::Interrupt;
 /// What a worker runs: any event-manager subscriber that can move to the worker thread.
 pub type Subscriber = Box<dyn MutEventSubscriber + Send>;
 
+/// What a worker thread does beyond a device's usual work, for a process that confines each
+/// thread to the system calls it needs ([`on_thread_start`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerRole {
+    /// The device's queues, eventfds and the files or taps it was handed.
+    Device,
+    /// That, and host Unix sockets it accepts, connects and shuts down (vsock).
+    HostSockets,
+}
+
 /// A device's worker thread; dropping it stops the thread and waits for it.
 #[derive(Debug)]
 pub struct Worker {
@@ -40,12 +51,31 @@ impl Worker {
         subscriber: impl MutEventSubscriber + Send + 'static,
         interrupt: Arc<Interrupt>,
     ) -> std::io::Result<Self> {
+        Self::spawn_as(name, WorkerRole::Device, subscriber, interrupt)
+    }
+
+    /// [`Worker::spawn`] for a worker that does more than a device's usual work (`role`, which
+    /// [`on_thread_start`]'s function is given).
+    pub fn spawn_as(
+        name: &str,
+        role: WorkerRole,
+        subscriber: impl MutEventSubscriber + Send + 'static,
+        interrupt: Arc<Interrupt>,
+    ) -> std::io::Result<Self> {
         let kill = EventFd::new(EFD_NONBLOCK)?;
         let thread_kill = kill.try_clone()?;
         let thread_name = name.to_owned();
         let thread = std::thread::Builder::new()
             .name(format!("kvmkit-{name}"))
-            .spawn(move || run(&thread_name, Box::new(subscriber), thread_kill, &interrupt))?;
+            .spawn(move || {
+                run(
+                    &thread_name,
+                    role,
+                    Box::new(subscriber),
+                    thread_kill,
+                    &interrupt,
+                )
+            })?;
         Ok(Self {
             name: name.to_owned(),
             kill,
@@ -94,18 +124,18 @@ impl MutEventSubscriber for KillSwitch {
 }
 
 /// What every worker thread runs first, if set ([`on_thread_start`]).
-static THREAD_START: std::sync::OnceLock<fn(&str)> = std::sync::OnceLock::new();
+static THREAD_START: std::sync::OnceLock<fn(&str, WorkerRole)> = std::sync::OnceLock::new();
 
 /// Sets a function every device worker thread runs before anything else, given the worker's name
-/// (`vda`, `vsock0`), for the whole process (once; later calls are ignored). kvmkit installs its
-/// seccomp filter for device threads there.
-pub fn on_thread_start(start: fn(&str)) {
+/// (`vda`, `vsock0`) and role, for the whole process (once; later calls are ignored). kvmkit
+/// installs its seccomp filter for device threads there, chosen by the role.
+pub fn on_thread_start(start: fn(&str, WorkerRole)) {
     let _ = THREAD_START.set(start);
 }
 
-fn run(name: &str, subscriber: Subscriber, kill: EventFd, interrupt: &Interrupt) {
+fn run(name: &str, role: WorkerRole, subscriber: Subscriber, kill: EventFd, interrupt: &Interrupt) {
     if let Some(start) = THREAD_START.get() {
-        start(name);
+        start(name, role);
     }
     let killed = Arc::new(AtomicBool::new(false));
     let mut manager = match EventManager::<Subscriber>::new() {
@@ -251,5 +281,39 @@ mod tests {
         assert!(!worker.is_finished());
         drop(worker);
         assert!(!interrupt.needs_reset());
+    }
+
+    /// The workers started in this test binary, as `on_thread_start` saw them.
+    static STARTED: std::sync::Mutex<Vec<(String, WorkerRole)>> = std::sync::Mutex::new(Vec::new());
+
+    #[test]
+    fn each_worker_thread_first_runs_the_start_function_with_its_name_and_role() {
+        on_thread_start(|name, role| {
+            let on_its_thread = std::thread::current().name() == Some(&format!("kvmkit-{name}"));
+            assert!(on_its_thread, "runs on the worker's own thread");
+            STARTED.lock().unwrap().push((name.to_owned(), role));
+        });
+        let interrupt = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+        let idle = || Fragile {
+            kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+            seen: Arc::default(),
+        };
+        let plain = Worker::spawn("role-dev", idle(), interrupt.clone()).unwrap();
+        let sockets =
+            Worker::spawn_as("role-sock", WorkerRole::HostSockets, idle(), interrupt).unwrap();
+        let seen = |name: &str| {
+            STARTED
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|&(_, role)| role)
+        };
+        wait_until("both workers to start", || {
+            seen("role-dev").is_some() && seen("role-sock").is_some()
+        });
+        assert_eq!(seen("role-dev"), Some(WorkerRole::Device));
+        assert_eq!(seen("role-sock"), Some(WorkerRole::HostSockets));
+        drop((plain, sockets));
     }
 }

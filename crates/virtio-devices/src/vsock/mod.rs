@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio::{
     ActivateError, Activation, DeviceCounters, DeviceMemory, DeviceModel, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, Worker,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, Worker, WorkerRole,
 };
 
 pub use connection::TO_HOST_BUF;
@@ -262,8 +262,10 @@ impl<M: DeviceMemory> VirtioDevice<M> for Vsock {
             std::mem::take(&mut self.announce_reset),
         )?;
         let interrupt = handler.interrupt();
-        self.worker =
-            Some(Worker::spawn(&self.name, handler, interrupt).map_err(ActivateError::Worker)?);
+        self.worker = Some(
+            Worker::spawn_as(&self.name, WorkerRole::HostSockets, handler, interrupt)
+                .map_err(ActivateError::Worker)?,
+        );
         Ok(())
     }
 }
