@@ -15,6 +15,7 @@ use super::request::{RequestType, parse};
 
 /// What a disk served, for metrics. Counters only grow.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct BlockStats {
     /// Read requests done.
     pub reads: AtomicU64,

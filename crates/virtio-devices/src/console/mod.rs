@@ -53,6 +53,7 @@ impl<T: Read + AsRawFd + Send> ConsoleInput for T {}
 
 /// What the device moved, for metrics. Counters only grow.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct ConsoleStats {
     /// Bytes from the guest written out.
     pub tx_bytes: AtomicU64,

@@ -115,6 +115,7 @@ impl NetConfig {
 
 /// What the device did, for metrics and tests. Counters only grow.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct NetStats {
     /// Frames delivered to the guest.
     pub rx_frames: AtomicU64,

@@ -51,6 +51,7 @@ impl Default for RngConfig {
 
 /// What the device served, for metrics. Counters only grow.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct RngStats {
     /// Requests (descriptor chains) answered.
     pub requests: AtomicU64,

@@ -47,6 +47,7 @@ pub const MIN_GUEST_CID: u64 = 3;
 
 /// What the device moved and refused, for metrics. Counters only grow.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct VsockStats {
     /// Packets from the guest.
     pub tx_packets: AtomicU64,
