@@ -75,6 +75,10 @@ fn host_range(
 /// Maps `len` bytes of `file` from `offset` over guest memory at `addr`, private and writable.
 /// All three must be page-aligned, the range inside one region of `mem`, and the file at least
 /// `offset + len` bytes long.
+///
+/// `mem` is this crate's [`GuestMemoryMmap`] rather than any guest memory: the new mapping
+/// replaces pages of one of its mmap-backed regions in place (sound only because that region owns
+/// the mapping), and marks them in that region's dirty-page bitmap.
 pub fn map_file_pages(
     mem: &GuestMemoryMmap,
     addr: GuestAddress,
