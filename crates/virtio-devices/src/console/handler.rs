@@ -25,7 +25,7 @@ const INPUT: u32 = 2;
 /// The most input read at once.
 const CHUNK: usize = 4096;
 /// The most bytes one transmit chain is taken for (longer chains are cut).
-const MAX_TX: u32 = 64 << 10;
+pub const MAX_TX: u32 = 64 << 10;
 
 /// Moves the guest's output to the output, and the input to the guest, for one console.
 pub(super) struct ConsoleHandler<M> {
@@ -216,7 +216,7 @@ impl<M: DeviceMemory> ConsoleHandler<M> {
 }
 
 /// Writes the start of `input` into the chain's device-writable buffers; returns how many bytes.
-fn give<M: GuestMemoryBackend>(
+pub(super) fn give<M: GuestMemoryBackend>(
     name: &str,
     mem: &M,
     chain: DescriptorChain<&M>,
@@ -243,11 +243,11 @@ fn give<M: GuestMemoryBackend>(
 }
 
 /// Writes each transmit chain's bytes out.
-struct Transmit<'a> {
-    name: &'a str,
-    output: &'a Output,
-    stats: &'a ConsoleStats,
-    buf: Vec<u8>,
+pub(super) struct Transmit<'a> {
+    pub(super) name: &'a str,
+    pub(super) output: &'a Output,
+    pub(super) stats: &'a ConsoleStats,
+    pub(super) buf: Vec<u8>,
 }
 
 impl<M: GuestMemoryBackend> ChainHandler<M> for Transmit<'_> {

@@ -23,10 +23,13 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use handler::MAX_TX;
 use virtio::{
-    ActivateError, Activation, DeviceCounters, DeviceMemory, DeviceModel, Interrupt,
+    ActivateError, Activation, ChainHandler, DeviceCounters, DeviceMemory, DeviceModel, Interrupt,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VirtioDevice, Worker,
 };
+use virtio_queue::DescriptorChain;
+use vm_memory::GuestMemoryBackend;
 
 /// The virtio device ID of a console.
 pub const VIRTIO_ID_CONSOLE: u32 = 3;
@@ -196,6 +199,30 @@ impl Console {
     pub fn stats(&self) -> Arc<ConsoleStats> {
         self.stats.clone()
     }
+
+    /// What the device's worker runs for each chain of its transmit queue (with
+    /// [`virtio::drain`]): the chain's device-readable bytes, at most [`MAX_TX`], go to this
+    /// console's output and its counts. For fuzzing and benchmarks, which drive the queue path
+    /// without a thread. `M` is the guest memory the chains are in.
+    pub fn transmit_handler<M: GuestMemoryBackend>(&self) -> impl ChainHandler<M> + use<'_, M> {
+        handler::Transmit {
+            name: &self.name,
+            output: &self.output,
+            stats: &self.stats,
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// What the device's worker does with a receive chain: writes the start of `input` (the host's
+/// bytes) into the chain's device-writable buffers and returns how many it wrote, the chain's used
+/// length. For fuzzing, which drives the queue path without a thread.
+pub fn fill_receive_chain<M: GuestMemoryBackend>(
+    mem: &M,
+    chain: DescriptorChain<&M>,
+    input: &[u8],
+) -> u32 {
+    handler::give("virtio-console", mem, chain, input)
 }
 
 /// Changes a console's terminal size from another thread (see [`Console::resizer`]).
