@@ -1,7 +1,7 @@
 //! A real distribution guest: the Debian root filesystem tools/guest/rootfs.sh builds (bookworm
 //! `minbase`, from Debian's packages), booted by the test kernel from a read-only `--disk` with a
 //! `--net` card on a tap in a network namespace. Its init runs shell commands given on the kernel
-//! command line (`kvmkit_cmd=`), which the test reads back from the console: Debian's own `ip`
+//! command line (`kvmkit_cmd64=`, base64), which the test reads back from the console: Debian's own `ip`
 //! shows eth0 with its address, Debian's `ping` reaches the host, and the guest powers off.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -21,10 +21,12 @@ fn a_debian_root_filesystem_boots_and_its_shell_commands_reach_the_host() {
         rootfs.display()
     );
     let base = std::fs::read_to_string(guest.join("cmdline.txt")).unwrap();
+    let commands =
+        format!("ip -br addr show eth0; ping -c 2 -W 10 {HOST_IP}; cat /etc/debian_version");
     let cmdline = format!(
-        "{} root=/dev/vda ro init=/sbin/kvmkit-init kvmkit_ip={GUEST_IP}/24 \
-         kvmkit_cmd=ip_-br_addr_show_eth0;ping_-c_2_-W_10_{HOST_IP};cat_/etc/debian*version",
-        base.trim()
+        "{} root=/dev/vda ro init=/sbin/kvmkit-init kvmkit_ip={GUEST_IP}/24 kvmkit_cmd64={}",
+        base.trim(),
+        base64(commands.as_bytes())
     );
     let ns = NetNs::new("rootfs");
     let mut cmd = ns.command(env!("CARGO_BIN_EXE_kvmkit-e2e"));
@@ -72,4 +74,34 @@ fn a_debian_root_filesystem_boots_and_its_shell_commands_reach_the_host() {
         "KVMKIT-ROOTFS-DONE status=0",
         "{context}"
     );
+}
+
+/// `bytes` in base64 (RFC 4648, padded), as the init's `base64 -d` reads it.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for group in bytes.chunks(3) {
+        let n = group
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= group.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn base64_is_rfc_4648() {
+    assert_eq!(base64(b""), "");
+    assert_eq!(base64(b"f"), "Zg==");
+    assert_eq!(base64(b"fo"), "Zm8=");
+    assert_eq!(base64(b"foo"), "Zm9v");
+    assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    assert_eq!(base64(b"a_b c;"), "YV9iIGM7");
 }

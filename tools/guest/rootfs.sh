@@ -8,8 +8,8 @@
 # /sbin/kvmkit-init (below), not systemd: it mounts /proc, /sys and /dev, names the host `kvmkit`,
 # brings eth0 up with `kvmkit_ip=A.B.C.D/NN` (and `kvmkit_gw=`) from the kernel command line if
 # given, prints `KVMKIT-ROOTFS-READY`, then either runs `kvmkit_cmd=...` (underscores for spaces,
-# as the command line splits on them) and powers off, or gives a root shell on the console and
-# powers off when it exits. Boot it with the test kernel:
+# as the command line splits on them) or `kvmkit_cmd64=...` (the command base64-encoded: any
+# characters) and powers off, or gives a root shell on the console and powers off when it exits. Boot it with the test kernel:
 #
 #   target/release/kvmkit --kernel target/guest/vmlinux --disk path=target/guest/rootfs.ext4 \
 #     --cmdline "$(cat target/guest/cmdline.txt) root=/dev/vda rw init=/sbin/kvmkit-init"
@@ -59,7 +59,8 @@ for word in $(cat /proc/cmdline); do
   case "$word" in
     kvmkit_ip=*) ip_addr=${word#kvmkit_ip=} ;;
     kvmkit_gw=*) gateway=${word#kvmkit_gw=} ;;
-    kvmkit_cmd=*) command=${word#kvmkit_cmd=} ;;
+    kvmkit_cmd=*) command=${word#kvmkit_cmd=}; command=${command//_/ } ;;
+    kvmkit_cmd64=*) command=$(base64 -d <<<"${word#kvmkit_cmd64=}") ;;
   esac
 done
 if [ -n "${ip_addr:-}" ]; then
@@ -68,7 +69,7 @@ if [ -n "${ip_addr:-}" ]; then
 fi
 echo "KVMKIT-ROOTFS-READY $(. /etc/os-release; echo "$PRETTY_NAME") kernel $(uname -r)"
 if [ -n "${command:-}" ]; then
-  bash -c "${command//_/ }" </dev/console >/dev/console 2>&1
+  bash -c "$command" </dev/console >/dev/console 2>&1
   echo "KVMKIT-ROOTFS-DONE status=$?"
 else
   setsid -c bash -l </dev/console >/dev/console 2>&1
