@@ -13,13 +13,10 @@ mod common;
 
 use std::sync::OnceLock;
 
-use kvmkit_memory::GuestMemoryMmap;
 use kvmkit_virtio_devices::block::{DiskImage, execute::execute, request::parse};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
-
-const MEM_SIZE: usize = 64 << 10;
 
 fn disk() -> &'static DiskImage {
     static DISK: OnceLock<DiskImage> = OnceLock::new();
@@ -39,9 +36,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let size = common::queue_size([data[0], data[1]]);
     let avail_idx = u16::from_le_bytes([data[2], data[3]]);
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let body = &data[4..data.len().min(4 + MEM_SIZE)];
-    mem.write_slice(body, GuestAddress(0)).unwrap();
+    let mem = common::guest_memory(&data[4..]);
     mem.write_obj(avail_idx, GuestAddress(0x1002)).unwrap();
 
     let Some(mut q) = common::queue(size, 0, false, &mem) else {

@@ -2,6 +2,18 @@
 
 use kvmkit_memory::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+
+/// The guest memory of the queue targets: 64 KiB at 0.
+pub const MEM_SIZE: usize = 64 << 10;
+
+/// [`MEM_SIZE`] bytes of guest memory at 0 holding `body` (its first [`MEM_SIZE`] bytes) from 0 on.
+pub fn guest_memory(body: &[u8]) -> GuestMemoryMmap {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    mem.write_slice(&body[..body.len().min(MEM_SIZE)], GuestAddress(0))
+        .unwrap();
+    mem
+}
 
 /// The queue size two input bytes give: their little-endian value clamped to 1..=256 and rounded
 /// down to a power of two (what a transport accepts).

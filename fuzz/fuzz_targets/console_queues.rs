@@ -27,8 +27,6 @@ use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-const MEM_SIZE: usize = 64 << 10;
-
 /// The console's output: every byte, kept for the checks.
 #[derive(Clone, Default)]
 struct Sink(Arc<Mutex<Vec<u8>>>);
@@ -71,9 +69,7 @@ fuzz_target!(|data: &[u8]| {
     let rx_avail = u16::from_le_bytes([data[4], data[5]]);
     let event_idx = data[6] & 1 != 0;
     let input_len = usize::from(u16::from_le_bytes([data[7], data[8]]));
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let body = &data[9..data.len().min(9 + MEM_SIZE)];
-    mem.write_slice(body, GuestAddress(0)).unwrap();
+    let mem = common::guest_memory(&data[9..]);
     mem.write_obj(tx_avail, GuestAddress(0x1002)).unwrap();
     mem.write_obj(rx_avail, GuestAddress(0x4002)).unwrap();
 

@@ -14,14 +14,11 @@
 
 mod common;
 
-use kvmkit_memory::GuestMemoryMmap;
 use kvmkit_virtio_devices::net::rx::{Delivery, Scratch, deliver};
 use kvmkit_virtio_devices::net::{HDR_LEN, MAX_FRAME, tx};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
-
-const MEM_SIZE: usize = 64 << 10;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 9 {
@@ -32,9 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let rx_avail = u16::from_le_bytes([data[3], data[4]]);
     let tx_avail = u16::from_le_bytes([data[5], data[6]]);
     let frame_len = usize::from(u16::from_le_bytes([data[7], data[8]])).min(MAX_FRAME);
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let body = &data[9..data.len().min(9 + MEM_SIZE)];
-    mem.write_slice(body, GuestAddress(0)).unwrap();
+    let mem = common::guest_memory(&data[9..]);
     mem.write_obj(rx_avail, GuestAddress(0x1002)).unwrap();
     mem.write_obj(tx_avail, GuestAddress(0x4002)).unwrap();
 

@@ -21,8 +21,6 @@ use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-const MEM_SIZE: usize = 64 << 10;
-
 /// The device's handler, with checks on each answer.
 struct Checked<H> {
     inner: H,
@@ -54,9 +52,7 @@ fuzz_target!(|data: &[u8]| {
     let avail_idx = u16::from_le_bytes([data[2], data[3]]);
     let event_idx = data[4] & 1 != 0;
     let cap = u32::from(u16::from_le_bytes([data[5], data[6]])).max(1);
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let body = &data[7..data.len().min(7 + MEM_SIZE)];
-    mem.write_slice(body, GuestAddress(0)).unwrap();
+    let mem = common::guest_memory(&data[7..]);
     mem.write_obj(avail_idx, GuestAddress(0x1002)).unwrap();
 
     let Some(mut queue) = common::queue(size, 0, event_idx, &mem) else {

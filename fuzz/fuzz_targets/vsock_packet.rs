@@ -18,15 +18,12 @@ mod common;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 
-use kvmkit_memory::GuestMemoryMmap;
 use kvmkit_virtio_devices::vsock::TO_HOST_BUF;
 use kvmkit_virtio_devices::vsock::connection::{Connection, Key};
 use kvmkit_virtio_devices::vsock::packet::{HEADER_SIZE, Header, MAX_PAYLOAD, RxBuffer, read_tx};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
-
-const MEM_SIZE: usize = 64 << 10;
 
 /// Takes every packet the connection has for the guest, checking each.
 fn drain(conn: &mut Connection, buf: &mut Vec<u8>) {
@@ -45,9 +42,7 @@ fuzz_target!(|data: &[u8]| {
     let size = common::queue_size([data[0], data[1]]);
     let tx_avail = u16::from_le_bytes([data[2], data[3]]);
     let rx_avail = u16::from_le_bytes([data[4], data[5]]);
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let body = &data[6..data.len().min(6 + MEM_SIZE)];
-    mem.write_slice(body, GuestAddress(0)).unwrap();
+    let mem = common::guest_memory(&data[6..]);
     mem.write_obj(tx_avail, GuestAddress(0x1002)).unwrap();
     mem.write_obj(rx_avail, GuestAddress(0x4002)).unwrap();
 
